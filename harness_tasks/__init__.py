@@ -1,0 +1,1 @@
+"""lm-eval tasks that score pruned models (factual knowledge, MMLU, perplexity)."""

@@ -1,0 +1,91 @@
+"""SparseGPT (Frantar & Alistarh, 2023): OBS-style pruning with weight updates from the layer Hessian.
+
+With ``H = 2 X X^T / N`` (dampened by ``percdamp * mean(diag H)``), columns are processed left to right in
+blocks of ``blocksize``. At the start of each block (unstructured) or every ``m`` columns (N:M), the pruned
+set is chosen by the OBS saliency ``w^2 / [H^-1]_jj^2``; each pruned weight's error is then spread over the
+not yet processed columns through the upper Cholesky factor of ``H^-1``, so the layer output ``WX`` is
+preserved as well as possible.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .patterns import NM, check_ratio
+from .result import SparsifyResult
+
+
+def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float = 0.01, retries: int = 3) -> torch.Tensor:
+    """Upper Cholesky factor of the dampened inverse Hessian; more damping if H is not positive definite."""
+    h = hessian.detach().float().clone()
+    diag = torch.diagonal(h)
+    dead = diag == 0
+    diag[dead] = 1.0
+    damp = percdamp * float(torch.mean(diag))
+    eye = torch.eye(h.shape[0], device=h.device, dtype=h.dtype)
+    for attempt in range(retries + 1):
+        chol, info = torch.linalg.cholesky_ex(h + damp * (10**attempt) * eye)
+        if int(info) == 0:
+            hinv = torch.cholesky_inverse(chol)
+            return torch.linalg.cholesky(hinv, upper=True)
+    raise ValueError(
+        "SparseGPT: the layer Hessian is not positive definite even after extra damping; the calibration "
+        "activations are degenerate (too few samples or NaN/inf). Use more calibration samples."
+    )
+
+
+def sparsegpt_sparsify(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    sparsity: float = 0.0,
+    nm: NM | None = None,
+    *,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+) -> SparsifyResult:
+    """Prune ``weight`` (``(out, in)``) with SparseGPT given ``hessian`` (``(in, in)``, ``2 X X^T / N``)."""
+    w = weight.detach().to(torch.float32, copy=True).contiguous()
+    rows, cols = w.shape
+    if hessian.shape != (cols, cols):
+        raise ValueError(f"hessian must be ({cols}, {cols}) for a weight with {cols} input features, got {tuple(hessian.shape)}")
+    if nm is not None:
+        nm.check_columns(cols)
+    else:
+        sparsity = check_ratio(sparsity)
+    hessian = hessian.to(device=w.device)
+    w[:, torch.diagonal(hessian) == 0] = 0.0  # inputs never active carry no information
+    hinv = inverse_hessian_factor(hessian, percdamp)
+    mask = torch.zeros(w.shape, dtype=torch.bool, device=w.device)
+
+    for start in range(0, cols, blocksize):
+        end = min(start + blocksize, cols)
+        width = end - start
+        w_block = w[:, start:end].clone()
+        hinv_block = hinv[start:end, start:end]
+        d = torch.diagonal(hinv_block)
+        err_block = torch.zeros_like(w_block)
+        block_mask = torch.zeros(w_block.shape, dtype=torch.bool, device=w.device)
+        if nm is None and sparsity > 0:
+            saliency = (w_block**2 / d.unsqueeze(0) ** 2).reshape(-1)
+            count = int(saliency.numel() * sparsity)
+            idx = torch.argsort(saliency, stable=True)[:count]
+            block_mask.view(-1)[idx] = True
+
+        for i in range(width):
+            if nm is not None and i % nm.m == 0:
+                group = w_block[:, i : i + nm.m] ** 2 / d[i : i + nm.m].unsqueeze(0) ** 2
+                idx = torch.argsort(group, dim=1, stable=True)[:, : nm.m - nm.n]
+                block_mask[:, i : i + nm.m].scatter_(1, idx, True)
+            col = w_block[:, i]
+            pruned_col = col.masked_fill(block_mask[:, i], 0.0)
+            err = (col - pruned_col) / hinv_block[i, i]
+            w_block[:, i:] -= err.unsqueeze(1) * hinv_block[i, i:].unsqueeze(0)
+            w_block[:, i] = pruned_col
+            err_block[:, i] = err
+
+        w[:, start:end] = w_block
+        mask[:, start:end] = block_mask
+        w[:, end:] -= err_block @ hinv[start:end, end:]
+
+    w.masked_fill_(mask, 0.0)
+    return SparsifyResult(w, mask)
