@@ -116,6 +116,7 @@ class LoadedModel:
 
     ``source`` says where it came from: ``preset:<name>``, ``local:<abs dir>`` or ``hub:<id>``.
     ``needs_bos``: every text window must start with the tokenizer's BOS token.
+    ``weights_dir``: the local directory of the checkpoint files it was loaded from (None if unknown).
     """
 
     model: Any
@@ -124,6 +125,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     needs_bos: bool
+    weights_dir: Path | None = None
 
 
 def cache_dir() -> Path:
@@ -307,8 +309,27 @@ def load_model(
         )
     if needs_bos is None:
         needs_bos = _tokenizer_adds_bos(tokenizer)
+    weights_dir = _weights_dir(name, source)
     _ensure_pad_token(tokenizer)
     model.config.use_cache = False
     model = model.to(device=dev, dtype=dt).eval()
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, device=dev, dtype=dt,
-                       needs_bos=needs_bos)
+                       needs_bos=needs_bos, weights_dir=weights_dir)
+
+
+def _weights_dir(name: str, source: str) -> Path | None:
+    """The local directory holding the checkpoint files the model was loaded from, if there is one.
+
+    Used to re-read dense weights lazily instead of keeping a second copy in memory.
+    """
+    kind, _, where = source.partition(":")
+    if kind == "preset":
+        return materialize_preset(name)
+    if kind == "local":
+        return Path(where)
+    try:  # a hub model already in the local Hugging Face cache
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached, offline, or no huggingface_hub: fall back to memory
+        return None

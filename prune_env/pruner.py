@@ -122,22 +122,38 @@ class PruneResult:
     seconds: float = 0.0
 
 
+def sparsify_weight(
+    method: str,
+    weight: torch.Tensor,
+    ratio: float,
+    nm: NM | None = None,
+    stats: LayerStatistics | None = None,
+    *,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+) -> SparsifyResult:
+    """Dispatch one ``(out, in)`` weight to the kernel of ``method`` (the statistics it needs must be given)."""
+    if method == "magnitude":
+        return magnitude_sparsify(weight, ratio, nm)
+    if stats is None:
+        raise ValueError(f"method {method!r} needs calibration statistics for this layer")
+    if method == "wanda":
+        return wanda_sparsify(weight, stats.act_norm, ratio, nm)
+    if method == "sparsegpt":
+        return sparsegpt_sparsify(weight, stats.hessian, ratio, nm, blocksize=blocksize, percdamp=percdamp)
+    raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+
+
 def _sparsify(spec: PruneSpec, lin: PrunableLinear, stats: LayerStatistics | None) -> SparsifyResult:
-    weight, ratio = lin.weight_matrix(), spec.sparsity.get(lin.name, 0.0)
-    if spec.method == "magnitude":
-        return magnitude_sparsify(weight, ratio, spec.nm)
-    assert stats is not None
-    if spec.method == "wanda":
-        return wanda_sparsify(weight, stats.act_norm, ratio, spec.nm)
-    return sparsegpt_sparsify(weight, stats.hessian, ratio, spec.nm, blocksize=spec.blocksize, percdamp=spec.percdamp)
+    return sparsify_weight(spec.method, lin.weight_matrix(), spec.sparsity.get(lin.name, 0.0), spec.nm, stats,
+                           blocksize=spec.blocksize, percdamp=spec.percdamp)
 
 
-def _gather(spec: PruneSpec, inputs: BlockInputs, index: int, block: nn.Module, targets: list[PrunableLinear]):
+def _gather(
+    inputs: BlockInputs, index: int, block: nn.Module, targets: list[PrunableLinear], *, hessian: bool
+) -> tuple[dict[str, LayerStatistics], list[torch.Tensor]]:
     """Run block ``index`` on the current inputs, accumulating statistics of ``targets``; return (stats, outputs)."""
-    stats = {
-        lin.name: LayerStatistics(lin.shape[1], lin.module.weight.device, hessian=spec.method == "sparsegpt")
-        for lin in targets
-    }
+    stats = {lin.name: LayerStatistics(lin.shape[1], lin.module.weight.device, hessian=hessian) for lin in targets}
     handles = forward_hooks([(lin.name, lin.module) for lin in targets], lambda name, x: stats[name].add(x))
     try:
         outputs = inputs.run_block(index, block)
@@ -147,6 +163,30 @@ def _gather(spec: PruneSpec, inputs: BlockInputs, index: int, block: nn.Module, 
     for name, st in stats.items():
         st.check_finite(name)
     return stats, outputs
+
+
+@torch.no_grad()
+def collect_statistics(
+    model: nn.Module,
+    calib_ids: torch.Tensor,
+    *,
+    hessian: bool,
+    structure: ModelStructure | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> dict[str, LayerStatistics]:
+    """Input statistics of every prunable linear of the dense model (one-shot), without changing anything.
+
+    Used where layers are re-pruned many times from their dense weights (the env): the statistics stay fixed.
+    """
+    structure = structure or discover(model)
+    inputs = capture_block_inputs(model, structure, calib_ids, batch_size)
+    stats: dict[str, LayerStatistics] = {}
+    for index in tqdm(range(structure.num_blocks), desc="calibration statistics", unit="block", disable=not progress):
+        block_stats, inputs.hidden = _gather(inputs, index, structure.blocks[index],
+                                             structure.linears_in_block(index), hessian=hessian)
+        stats.update(block_stats)
+    return stats
 
 
 @torch.no_grad()
@@ -172,7 +212,8 @@ def prune(
         for index in bar:
             block = structure.blocks[index]
             targets = spec.targets(structure, index)
-            stats, outputs = _gather(spec, inputs, index, block, targets) if inputs is not None else ({}, None)
+            stats, outputs = (_gather(inputs, index, block, targets, hessian=spec.method == "sparsegpt")
+                              if inputs is not None else ({}, None))
             for lin in targets:
                 pruned = _sparsify(spec, lin, stats.get(lin.name))
                 backups[lin.name] = lin.weight_matrix().detach().to("cpu", copy=True)

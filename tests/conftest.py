@@ -31,3 +31,19 @@ def tiny_llm_dir(tmp_path_factory: pytest.TempPathFactory, default_model_dir: Pa
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llm4_dir(tmp_path_factory: pytest.TempPathFactory, default_model_dir: Path) -> Path:
+    """Like ``tiny_llm_dir`` with 4 blocks, so per-unit profiles and z-scores have some spread."""
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(1)
+    model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("tiny-llama4")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

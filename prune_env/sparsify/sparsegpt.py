@@ -9,10 +9,29 @@ preserved as well as possible.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from .patterns import NM, check_ratio
 from .result import SparsifyResult
+
+
+@contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Run the column loop single-threaded on CPU: its ops are tiny and latency-bound, and intra-op threads
+    only add barriers (measured on 2 cores: a 576x1536 layer in 0.4 s with 1 thread, 18 s with 2 threads on a
+    busy machine). The previous thread count is restored; GPUs are unaffected."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float = 0.01, retries: int = 3) -> torch.Tensor:
@@ -55,8 +74,16 @@ def sparsegpt_sparsify(
     hessian = hessian.to(device=w.device)
     w[:, torch.diagonal(hessian) == 0] = 0.0  # inputs never active carry no information
     hinv = inverse_hessian_factor(hessian, percdamp)
-    mask = torch.zeros(w.shape, dtype=torch.bool, device=w.device)
+    with _one_cpu_thread(w.device):
+        mask = _obs_columns(w, hinv, sparsity, nm, blocksize)
+    w.masked_fill_(mask, 0.0)
+    return SparsifyResult(w, mask)
 
+
+def _obs_columns(w: torch.Tensor, hinv: torch.Tensor, sparsity: float, nm: NM | None, blocksize: int) -> torch.Tensor:
+    """The OBS sweep over column blocks: updates ``w`` in place, returns the pruned mask."""
+    cols = w.shape[1]
+    mask = torch.zeros(w.shape, dtype=torch.bool, device=w.device)
     for start in range(0, cols, blocksize):
         end = min(start + blocksize, cols)
         width = end - start
@@ -86,6 +113,4 @@ def sparsegpt_sparsify(
         w[:, start:end] = w_block
         mask[:, start:end] = block_mask
         w[:, end:] -= err_block @ hinv[start:end, end:]
-
-    w.masked_fill_(mask, 0.0)
-    return SparsifyResult(w, mask)
+    return mask

@@ -1,0 +1,416 @@
+"""``PruningEnv``: a Gymnasium environment in which a policy prunes a real causal LM step by step."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from .block_cache import BlockCache
+from .checkpoints import CheckpointStore, Unit, make_units
+from .dense_weights import dense_weights_for
+from .env_config import PruningEnvConfig
+from .models import LoadedModel, load_model
+from .perplexity import Perplexity, perplexity
+from .profiles import wanda_unit_score, zscore
+from .pruner import collect_statistics, sparsify_weight
+from .sensitivity import gradient_importance
+from .statistics import LayerStatistics
+from .structure import discover
+from .text import build_token_sets, default_seqlen, load_text
+
+Z_BOUND = 10.0  # z-scores are clipped to [-Z_BOUND, Z_BOUND] so the observation space is bounded
+PPL_RATIO_BOUND = 1e6  # perplexity ratios are clipped to [0, PPL_RATIO_BOUND] for the same reason
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What a reward function sees about one step."""
+
+    sparsity_before: float
+    sparsity_after: float
+    target: float
+    ppl_before: float
+    ppl_after: float
+    dense_ppl: float
+
+
+RewardFn = Callable[[Transition], float]
+
+
+def default_reward(progress_weight: float = 1.0, ppl_weight: float = 1.0) -> RewardFn:
+    """Progress toward the target (fraction of the target gained) minus the increase in log perplexity."""
+
+    def reward(t: Transition) -> float:
+        progress = (t.sparsity_after - t.sparsity_before) / t.target
+        return progress_weight * progress - ppl_weight * (math.log(t.ppl_after) - math.log(t.ppl_before))
+
+    return reward
+
+
+class PruningEnv(gym.Env):
+    """Prune a Hugging Face causal LM unit by unit; the reward trades sparsity progress against perplexity.
+
+    A *unit* is a decoder block (``granularity="block"``, default) or a single prunable linear
+    (``granularity="linear"``); ``L`` is the number of units, ``env.unit_names`` their names.
+
+    **Observation** (``Dict`` of float32 ``Box`` arrays):
+
+    * ``wanda_z`` ``(L,)``: z-score across units of the raw Wanda score, the 10th percentile of the non-zero
+      ``|W| * ||X||_2`` of the unit, from the *current* (pruned) weights and the current model's activations on
+      the reward-evaluation windows. Recomputed every step, for the blocks the step re-ran.
+    * ``grad_z`` ``(L,)``: z-score of the gradient importance, the mean over kept weights of
+      ``|W * dL/dW|`` averaged over ``gradient_samples`` calibration windows. Recomputed at reset and every
+      ``gradient_every`` steps (backward passes cost); zeros when ``gradient_samples == 0``.
+    * ``sparsity`` ``(L,)``: the current sparsity level of each unit.
+    * ``global_sparsity``, ``target``, ``ppl_ratio`` (current reward perplexity / dense), ``steps_left``:
+      each shape ``(1,)``.
+
+    Z-scores are clipped to ``[-10, 10]``, the perplexity ratio to ``[0, 1e6]``.
+
+    **Action**: ``MultiDiscrete([n_levels] * L)``. Level ``j`` raises the unit's sparsity by
+    ``j * step_size`` (capped at ``max_unit_sparsity``); 0 leaves it. Touched units are re-pruned from their
+    dense weights and the fixed (dense, one-shot) calibration statistics, so SparseGPT updates never compound.
+    If a step would overshoot ``target_sparsity``, all its increments are scaled down by one common factor so
+    that the step lands on the target exactly. A malformed action raises ``ValueError``.
+
+    **Reward**: by default ``progress_weight * (sparsity gained / target) - ppl_weight * (increase in log
+    perplexity)`` on the reward-evaluation windows; pass ``reward_fn`` to change it.
+
+    **Termination**: ``terminated`` when the global sparsity (over all prunable linears) reaches the target;
+    ``truncated`` after ``max_steps`` steps.
+
+    **Info**: ``ppl``, ``dense_ppl``, ``ppl_ratio``, ``global_sparsity`` (measured zeros),
+    ``unit_sparsity`` (``{unit: level}``), ``changed_units``, ``checkpoint`` (id saved after the step),
+    ``rolled_back`` (False here; set by :class:`prune_env.wrappers.AutoRollback`), ``reward_terms`` and,
+    when ``info_timings``, ``timings`` in seconds.
+
+    **Checkpoints**: one is saved automatically after reset and after every step; ``save_checkpoint()``
+    saves one explicitly. ``reset(options={"checkpoint": id or "last"})`` restores one bitwise (a rollback;
+    the episode and its step count go on). A plain ``reset()`` starts a new episode from the dense model.
+    """
+
+    metadata = {"render_modes": ["ansi"]}
+
+    def __init__(
+        self,
+        config: PruningEnvConfig | None = None,
+        *,
+        render_mode: str | None = None,
+        reward_fn: RewardFn | None = None,
+        model_factory: Callable[[], LoadedModel] | None = None,
+        **settings: Any,
+    ) -> None:
+        if config is not None and settings:
+            raise TypeError("pass either a PruningEnvConfig or keyword settings, not both")
+        self.config = (config or PruningEnvConfig.from_kwargs(**settings)).validate()
+        if render_mode not in (None, "ansi"):
+            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        self.render_mode = render_mode
+        cfg = self.config
+        self.reward_fn = reward_fn or default_reward(cfg.progress_weight, cfg.ppl_weight)
+        torch.manual_seed(cfg.seed)
+
+        loaded = model_factory() if model_factory else load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+        self.loaded, self.model = loaded, loaded.model
+        self.structure = discover(self.model)
+        self.units: list[Unit] = make_units(self.structure, cfg.granularity)
+        self.unit_names = [u.name for u in self.units]
+        self._unit_numel = np.array([u.numel for u in self.units], dtype=np.float64)
+        self._unit_first_block = [min(u.blocks) for u in self.units]
+
+        seqlen = cfg.seqlen or default_seqlen(loaded.device)
+        n_eval = max(cfg.reward_eval_samples, cfg.final_eval_samples)
+        tokens = build_token_sets(loaded.tokenizer, load_text(cfg.text), seqlen=seqlen, n_calib=cfg.calib_samples,
+                                  n_eval=n_eval, seed=cfg.seed, needs_bos=loaded.needs_bos)
+        self.tokens = tokens
+        self._reward_ids = tokens.eval[: cfg.reward_eval_samples]
+        self._final_ids = tokens.eval[: cfg.final_eval_samples]
+        self._grad_ids = tokens.calib[: cfg.gradient_samples]
+
+        self.dense = dense_weights_for(self.structure, loaded.weights_dir)
+        needs_stats = cfg.method != "magnitude"
+        self.stats: dict[str, LayerStatistics] = (
+            collect_statistics(self.model, tokens.calib, hessian=cfg.method == "sparsegpt", structure=self.structure,
+                               batch_size=cfg.batch_size, progress=cfg.progress) if needs_stats else {}
+        )
+        self.store = CheckpointStore(self.units, dense=self.dense)
+        self.cache = BlockCache(self.model, self.structure, self._reward_ids, batch_size=cfg.batch_size)
+        self._act: dict[str, LayerStatistics] = {}
+        self._stale_from: int | None = None
+        self.dense_ppl = self._measure(0)[0].ppl
+
+        L = len(self.units)
+        z_box = spaces.Box(-Z_BOUND, Z_BOUND, shape=(L,), dtype=np.float32)
+        self.observation_space = spaces.Dict({
+            "wanda_z": z_box,
+            "grad_z": z_box,
+            "sparsity": spaces.Box(0.0, 1.0, shape=(L,), dtype=np.float32),
+            "global_sparsity": spaces.Box(0.0, 1.0, shape=(1,), dtype=np.float32),
+            "target": spaces.Box(0.0, 1.0, shape=(1,), dtype=np.float32),
+            "ppl_ratio": spaces.Box(0.0, PPL_RATIO_BOUND, shape=(1,), dtype=np.float32),
+            "steps_left": spaces.Box(0.0, float(cfg.max_steps), shape=(1,), dtype=np.float32),
+        })
+        self.action_space = spaces.MultiDiscrete([cfg.n_levels] * L)
+        self._initial_checkpoint: int | None = None
+        self._last_checkpoint: int | None = None
+        self._init_episode_state()
+
+    # ------------------------------------------------------------------ gymnasium API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        options = options or {}
+        unknown = set(options) - {"checkpoint"}
+        if unknown:
+            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; the only option is 'checkpoint'")
+        if "checkpoint" in options:
+            start = time.perf_counter()
+            self._restore(options["checkpoint"])
+            info = self._info(changed=[], timings={"restore": time.perf_counter() - start})
+            return self._observation(), {**info, "checkpoint": self._last_checkpoint}
+        start = time.perf_counter()
+        if self._initial_checkpoint is None:  # first reset: the dense model is the state
+            self._init_episode_state()
+            self._refresh_profiles(dirty_from=0, gradients=True)
+        else:  # back to the dense model; a new episode starts a new checkpoint history (ids from 0)
+            self._restore(self._initial_checkpoint)
+            self._steps = 0
+            self.store = CheckpointStore(self.units, dense=self.dense)
+        self._initial_checkpoint = self.save_checkpoint()
+        info = self._info(changed=[], timings={"reset": time.perf_counter() - start})
+        return self._observation(), {**info, "checkpoint": self._last_checkpoint}
+
+    def step(self, action):
+        if self._initial_checkpoint is None:
+            raise RuntimeError("call reset() before step()")
+        t0 = time.perf_counter()
+        levels = self._check_action(action)
+        before_sparsity, before_ppl = self.global_sparsity_planned, self._ppl
+        new = self._planned_ratios(levels)
+        changed = [i for i in range(len(self.units)) if new[i] != self._ratios[i]]
+        for i in changed:
+            self._apply_unit(i, new[i])
+        t1 = time.perf_counter()
+        dirty = min((self._unit_first_block[i] for i in changed), default=None)
+        if dirty is not None and not self.config.use_block_cache:
+            dirty = 0
+        self._steps += 1
+        gradients = self.config.gradient_every > 0 and self._steps % self.config.gradient_every == 0
+        self._refresh_profiles(dirty_from=dirty, gradients=gradients)
+        t2 = time.perf_counter()
+        transition = Transition(before_sparsity, self.global_sparsity_planned, self.config.target_sparsity,
+                                before_ppl, self._ppl, self.dense_ppl)
+        reward = float(self.reward_fn(transition))
+        terminated = self.global_sparsity_planned >= self.config.target_sparsity - 1e-9
+        truncated = bool(self._steps >= self.config.max_steps and not terminated)
+        checkpoint = self.save_checkpoint()
+        timings = {"prune": t1 - t0, "evaluate": t2 - t1, "step": time.perf_counter() - t0}
+        info = self._info(changed=[self.unit_names[i] for i in changed], timings=timings)
+        info["reward_terms"] = {"sparsity_gain": transition.sparsity_after - transition.sparsity_before,
+                                "log_ppl_increase": math.log(transition.ppl_after) - math.log(transition.ppl_before)}
+        info["checkpoint"] = checkpoint
+        return self._observation(), reward, bool(terminated), truncated, info
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi":
+            return None
+        return units_table(self.unit_names, self._observation())
+
+    def close(self) -> None:
+        self.cache = None  # type: ignore[assignment]
+
+    # ------------------------------------------------------------------ checkpoints and evaluation
+    def save_checkpoint(self) -> int:
+        """Save the current state (copy-on-write: only units changed since the last checkpoint are stored)."""
+        meta = {"ratios": self._ratios.copy(), "ppl": self._ppl, "wanda_raw": self._wanda_raw.copy(),
+                "grad_raw": self._grad_raw.copy()}
+        self._last_checkpoint = self.store.save(meta)
+        return self._last_checkpoint
+
+    def evaluate_full(self, *, progress: bool = False) -> Perplexity:
+        """Perplexity on the full evaluation set (``final_eval_samples`` windows), for final reports."""
+        return perplexity(self.model, self._final_ids, batch_size=self.config.batch_size, progress=progress)
+
+    def sparsity_map(self) -> dict[str, float]:
+        """``{unit name: sparsity level}``: the allocation, in the shape ``prune_env.pruner.make_spec`` takes."""
+        return {name: float(r) for name, r in zip(self.unit_names, self._ratios)}
+
+    @property
+    def ppl(self) -> float:
+        return self._ppl
+
+    @property
+    def steps(self) -> int:
+        return self._steps
+
+    @property
+    def global_sparsity_planned(self) -> float:
+        """Parameter-weighted mean of the unit levels (what the target is compared with)."""
+        return float((self._ratios * self._unit_numel).sum() / self._unit_numel.sum())
+
+    def measured_sparsity(self) -> float:
+        """Zeros over all prunable linears, counted in the weights."""
+        zeros = sum(int((lin.module.weight == 0).sum()) for lin in self.structure.linears)
+        return zeros / sum(lin.numel for lin in self.structure.linears)
+
+    # ------------------------------------------------------------------ internals
+    def _init_episode_state(self) -> None:
+        L = len(self.units)
+        self._ratios = np.zeros(L, dtype=np.float64)
+        self._wanda_raw = np.zeros(L, dtype=np.float64)
+        self._grad_raw = np.zeros(L, dtype=np.float64)
+        self._ppl = self.dense_ppl
+        self._steps = 0
+
+    def _check_action(self, action) -> np.ndarray:
+        arr = np.asarray(action)
+        L = len(self.units)
+        if arr.shape != (L,):
+            raise ValueError(f"action must have shape ({L},) (one level per unit), got shape {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.integer):
+            if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+                raise ValueError(f"action levels must be integers in [0, {self.config.n_levels - 1}], got {arr.tolist()}")
+            arr = arr.astype(np.int64)
+        if arr.min() < 0 or arr.max() >= self.config.n_levels:
+            raise ValueError(f"action levels must be in [0, {self.config.n_levels - 1}], got {arr.tolist()}")
+        return arr.astype(np.int64)
+
+    def _planned_ratios(self, levels: np.ndarray) -> np.ndarray:
+        cfg = self.config
+        proposed = np.minimum(self._ratios + levels * cfg.step_size, cfg.max_unit_sparsity)
+        delta = proposed - self._ratios
+        total = self._unit_numel.sum()
+        after = float((proposed * self._unit_numel).sum() / total)
+        if after > cfg.target_sparsity + 1e-12:
+            need = cfg.target_sparsity - self.global_sparsity_planned
+            gain = float((delta * self._unit_numel).sum() / total)
+            proposed = self._ratios + delta * (need / gain)
+        return np.round(proposed, 12)
+
+    def _apply_unit(self, index: int, ratio: float) -> None:
+        unit = self.units[index]
+        self.store.about_to_change(unit.name)
+        for lin in unit.linears:
+            dense = self.dense.get(lin.name).to(lin.module.weight.device)
+            result = sparsify_weight(self.config.method, dense, float(ratio), None, self.stats.get(lin.name))
+            lin.set_weight_matrix(result.weight)
+        self.store.mark_changed(unit.name)
+        self._ratios[index] = ratio
+
+    def _measure(self, dirty_from: int | None) -> tuple[Perplexity, int | None]:
+        """Reward perplexity via the block cache; blocks >= the first changed one (this step's or a rollback's)
+        are re-run, and their linears' activation norms are re-measured on the way. Returns (ppl, re-run from)."""
+        if self._stale_from is not None:
+            dirty_from = self._stale_from if dirty_from is None else min(dirty_from, self._stale_from)
+            self._stale_from = None
+
+        def sink(name: str, x: torch.Tensor) -> None:
+            if name not in self._act:
+                self._act[name] = LayerStatistics(x.shape[-1], x.device, hessian=False)
+            self._act[name].add(x)
+
+        if dirty_from is not None:
+            for lin in self.structure.linears:
+                if lin.block >= dirty_from:
+                    self._act.pop(lin.name, None)
+        return self.cache.perplexity(dirty_from, activation_sink=sink if dirty_from is not None else None), dirty_from
+
+    def _refresh_profiles(self, *, dirty_from: int | None, gradients: bool) -> None:
+        ppl, dirty_from = self._measure(dirty_from)
+        self._ppl = ppl.ppl
+        for i, unit in enumerate(self.units):
+            if dirty_from is not None and self._unit_first_block[i] >= dirty_from:
+                self._wanda_raw[i] = wanda_unit_score([lin.weight_matrix() for lin in unit.linears],
+                                                      [self._act[lin.name].act_norm for lin in unit.linears])
+        if gradients and self.config.gradient_samples > 0:
+            acc = gradient_importance(self.model, self.structure, self._grad_ids)
+            self._grad_raw = np.array([acc.unit_score([lin.name for lin in u.linears]) for u in self.units])
+
+    def _restore(self, checkpoint: int | str) -> None:
+        names, meta = self.store.restore(checkpoint)
+        if checkpoint != "last":
+            self._last_checkpoint = int(checkpoint)
+        self._ratios = meta["ratios"].copy()
+        self._ppl = meta["ppl"]
+        self._wanda_raw = meta["wanda_raw"].copy()
+        self._grad_raw = meta["grad_raw"].copy()
+        touched = [self._unit_first_block[self.unit_names.index(n)] for n in names]
+        if touched:  # cached activations of these blocks are stale; re-run lazily at the next step
+            first = min(touched)
+            self._stale_from = first if self._stale_from is None else min(first, self._stale_from)
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        cfg = self.config
+        return {
+            "wanda_z": np.clip(zscore(self._wanda_raw), -Z_BOUND, Z_BOUND).astype(np.float32),
+            "grad_z": np.clip(zscore(self._grad_raw), -Z_BOUND, Z_BOUND).astype(np.float32),
+            "sparsity": self._ratios.astype(np.float32),
+            "global_sparsity": np.array([self.global_sparsity_planned], dtype=np.float32),
+            "target": np.array([cfg.target_sparsity], dtype=np.float32),
+            "ppl_ratio": np.array([min(self._ppl / self.dense_ppl, PPL_RATIO_BOUND)], dtype=np.float32),
+            "steps_left": np.array([max(cfg.max_steps - self._steps, 0)], dtype=np.float32),
+        }
+
+    def _info(self, *, changed: list[str], timings: dict[str, float]) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "ppl": self._ppl,
+            "dense_ppl": self.dense_ppl,
+            "ppl_ratio": self._ppl / self.dense_ppl,
+            "global_sparsity": self.measured_sparsity(),
+            "unit_sparsity": self.sparsity_map(),
+            "changed_units": changed,
+            "step": self._steps,
+            "rolled_back": False,
+        }
+        if self.config.info_timings:
+            info["timings"] = timings
+        return info
+
+
+def units_table(unit_names: list[str], obs: dict[str, np.ndarray]) -> str:
+    """A fixed-width table of the units (the ``ansi`` rendering)."""
+    width = max(len(n) for n in unit_names)
+    lines = [f"{'unit':<{width}}  sparsity  wanda_z  grad_z"]
+    for i, name in enumerate(unit_names):
+        lines.append(f"{name:<{width}}  {obs['sparsity'][i]:8.3f}  {obs['wanda_z'][i]:7.2f}  {obs['grad_z'][i]:6.2f}")
+    lines.append(f"global sparsity {obs['global_sparsity'][0]:.3f} / target {obs['target'][0]:.3f}, "
+                 f"perplexity x{obs['ppl_ratio'][0]:.3f} of dense, {int(obs['steps_left'][0])} steps left")
+    return "\n".join(lines)
+
+
+def short_unit_names(unit_names: list[str]) -> list[str]:
+    """Unit names without the prefix they all share (``model.layers.3`` -> ``3``, ``3.mlp.up_proj``)."""
+    if len(unit_names) < 2:
+        return list(unit_names)
+    prefix = os.path.commonprefix(unit_names)
+    prefix = prefix[: prefix.rfind(".") + 1]
+    return [n[len(prefix):] for n in unit_names]
+
+
+def observation_to_text(unit_names: list[str], obs: dict[str, np.ndarray]) -> str:
+    """Compact text of an observation for LLM policies: one line per unit (shared name prefix dropped),
+    then the globals."""
+    rows = [f"{short}: s={obs['sparsity'][i]:.2f} zw={obs['wanda_z'][i]:+.2f} zg={obs['grad_z'][i]:+.2f}"
+            for i, short in enumerate(short_unit_names(unit_names))]
+    rows.append(f"global={obs['global_sparsity'][0]:.3f} target={obs['target'][0]:.3f} "
+                f"ppl_ratio={obs['ppl_ratio'][0]:.3f} steps_left={int(obs['steps_left'][0])}")
+    return "\n".join(rows)
+
+
+def make_pruning_env(**kwargs: Any) -> gym.Env:
+    """``gymnasium.make`` entry point: a PruningEnv, wrapped in AutoRollback when ``rollback_threshold`` is set."""
+    from .wrappers import AutoRollback
+
+    env = PruningEnv(**kwargs)
+    if env.config.rollback_threshold is not None:
+        return AutoRollback(env, max_ppl_increase=env.config.rollback_threshold,
+                            penalty=env.config.rollback_penalty)
+    return env

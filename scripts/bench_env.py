@@ -1,0 +1,195 @@
+"""Benchmark PruningEnv on a real model: step time with and without the block cache, rollback time,
+checkpoint bytes, and peak memory against the model's size.
+
+    python scripts/bench_env.py                       # default preset, writes docs/BENCHMARKS.md
+    python scripts/bench_env.py --steps 4 --no-write
+    python scripts/bench_env.py --shape qwen3-4b      # GPU only: random Qwen3-4B-shaped model
+
+Steps are random single-unit actions (one block raised by one level), the same sequence for both modes; the
+gradient profile is off so that steps measure pruning + cached evaluation. Times are medians over the steps.
+Peak memory is the resident set (sampled every 20 ms) above what the process held before the model loaded.
+Targets (issue #3): cached step <= 0.6x uncached; rollback < 5% of a step; peak memory < 1.5x (dense model
++ cached evaluation activations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from policies.app.prune_job import machine_description  # noqa: E402
+from prune_env.env import PruningEnv  # noqa: E402
+from prune_env.models import DEFAULT_MODEL, LoadedModel, load_model  # noqa: E402
+
+START, END = "<!-- bench_env:start -->", "<!-- bench_env:end -->"
+
+
+class RssSampler:
+    """Peak resident set size of this process, sampled in a background thread."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def rss() -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--method", default="wanda")
+    p.add_argument("--steps", type=int, default=8, help="random single-unit steps per mode (median reported)")
+    p.add_argument("--reward-eval-samples", type=int, default=8)
+    p.add_argument("--calib-samples", type=int, default=32)
+    p.add_argument("--seqlen", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--shape", default=None, help="qwen3-4b: random Qwen3-4B-shaped model (needs CUDA)")
+    p.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
+    p.add_argument("--no-write", action="store_true")
+    return p.parse_args(argv)
+
+
+def qwen3_4b_factory(device: str):
+    """A random Qwen3-4B-shaped model in bf16 on ``device`` with the SmolLM2 tokenizer (ids fit its vocab)."""
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    def factory() -> LoadedModel:
+        tokenizer = load_model(DEFAULT_MODEL, device="cpu").tokenizer
+        config = Qwen3Config(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                             num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
+        model.config.use_cache = False
+        return LoadedModel(model, tokenizer, "random:qwen3-4b-shape", torch.device(device), torch.bfloat16, False)
+
+    return factory
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    rss0 = RssSampler.rss()
+    settings = dict(method=args.method, target_sparsity=0.9, step_size=0.05, n_levels=2, max_steps=10_000,
+                    gradient_samples=0, calib_samples=args.calib_samples, reward_eval_samples=args.reward_eval_samples,
+                    final_eval_samples=args.reward_eval_samples, seqlen=args.seqlen, device=args.device)
+    factory = None
+    if args.shape:
+        if args.shape != "qwen3-4b" or not torch.cuda.is_available():
+            raise SystemExit("--shape qwen3-4b needs a CUDA GPU")
+        factory = qwen3_4b_factory("cuda")
+    with RssSampler() as sampler:
+        t0 = time.perf_counter()
+        env = PruningEnv(model=args.model if factory is None else "random", model_factory=factory, **settings)
+        env.reset(seed=0)
+        setup_seconds = time.perf_counter() - t0
+        L = len(env.unit_names)
+        rng = np.random.default_rng(0)
+        actions = [np.eye(L, dtype=np.int64)[rng.integers(L)] for _ in range(args.steps)]
+
+        def run_steps(use_cache: bool) -> list[float]:
+            env.config.use_block_cache = use_cache
+            env.reset()
+            times = []
+            for action in actions:
+                times.append(env.step(action)[4]["timings"]["step"])
+            return times
+
+        uncached = run_steps(False)
+        cached = run_steps(True)
+        env.config.use_block_cache = True
+        env.reset()
+        rollbacks, ckpt_bytes = [], []
+        for action in actions:
+            before = env._last_checkpoint
+            info = env.step(action)[4]
+            ckpt_bytes.append(env.store.nbytes(info["checkpoint"]))
+            t = time.perf_counter()
+            env.reset(options={"checkpoint": before})
+            rollbacks.append(time.perf_counter() - t)
+            env.step(action)  # go on from the restored state (re-runs the stale blocks)
+        model_bytes = sum(p.numel() * p.element_size() for p in env.model.parameters())
+        cache_bytes = env.cache.nbytes
+    peak = sampler.peak - rss0
+    rows = {
+        "model": env.loaded.source, "units": L, "method": args.method, "setup_s": setup_seconds,
+        "step_cached_s": statistics.median(cached), "step_uncached_s": statistics.median(uncached),
+        "rollback_s": statistics.median(rollbacks), "checkpoint_bytes_median": statistics.median(ckpt_bytes),
+        "checkpoint_bytes_max": max(ckpt_bytes), "checkpoints_total_bytes": env.store.nbytes(),
+        "model_bytes": model_bytes, "cache_bytes": cache_bytes, "peak_bytes": peak,
+        "dense_source": type(env.dense).__name__, "seqlen": env.tokens.seqlen,
+    }
+    text = render(rows, args)
+    print(text)
+    if not args.no_write:
+        write_section(Path(args.out), text)
+    return 0
+
+
+def render(r: dict, args) -> str:
+    mib = 2**20
+    ratio = r["step_cached_s"] / r["step_uncached_s"]
+    rb = r["rollback_s"] / r["step_cached_s"]
+    mem = r["peak_bytes"] / (r["model_bytes"] + r["cache_bytes"])
+    cmd = "python scripts/bench_env.py " + " ".join(sys.argv[1:])
+    return "\n".join([
+        f"Model: `{r['model']}` ({r['units']} block units, {args.method}); {args.reward_eval_samples} reward windows of "
+        f"{r['seqlen']} tokens; {args.steps} random single-unit steps per mode; dense weights: {r['dense_source']}.",
+        "",
+        f"Command: `{cmd.strip()}`  ",
+        f"Machine: {machine_description()}  ",
+        f"Date: {time.strftime('%Y-%m-%d')}",
+        "",
+        "| measure | value | target |",
+        "|---|---|---|",
+        f"| step, block cache on (median) | {r['step_cached_s']:.2f} s | |",
+        f"| step, block cache off (median) | {r['step_uncached_s']:.2f} s | |",
+        f"| cached / uncached | {ratio:.2f}x | <= 0.6x {'(met)' if ratio <= 0.6 else '(NOT met)'} |",
+        f"| rollback (median) | {r['rollback_s'] * 1000:.0f} ms = {rb:.1%} of a cached step | < 5% {'(met)' if rb < 0.05 else '(NOT met)'} |",
+        f"| checkpoint bytes per step (median / max) | {r['checkpoint_bytes_median'] / mib:.2f} / {r['checkpoint_bytes_max'] / mib:.2f} MiB | |",
+        f"| all checkpoints held at the end | {r['checkpoints_total_bytes'] / mib:.2f} MiB | |",
+        f"| dense model / cached activations | {r['model_bytes'] / mib:.0f} / {r['cache_bytes'] / mib:.0f} MiB | |",
+        f"| peak RSS above start | {r['peak_bytes'] / mib:.0f} MiB = {mem:.2f}x (model + activations) | < 1.5x {'(met)' if mem < 1.5 else '(NOT met)'} |",
+        f"| env set-up (load, statistics, cache, profiles) | {r['setup_s']:.1f} s | |",
+    ])
+
+
+def write_section(path: Path, text: str) -> None:
+    body = f"{START}\n{text}\n{END}"
+    doc = path.read_text() if path.exists() else "# Benchmarks\n"
+    if START in doc and END in doc:
+        doc = doc[: doc.index(START)] + body + doc[doc.index(END) + len(END):]
+    else:
+        doc = doc.rstrip() + "\n\n## PruningEnv (`scripts/bench_env.py`)\n\n" + body + "\n"
+    path.write_text(doc)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
