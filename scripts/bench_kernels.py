@@ -22,15 +22,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from policies.app.prune_job import machine_description  # noqa: E402
+from policies.app.benchdoc import machine_description, write_section  # noqa: E402
 from prune_env.models import DEFAULT_MODEL, load_model  # noqa: E402
 from prune_env.perplexity import perplexity  # noqa: E402
 from prune_env.pruner import make_spec, prune  # noqa: E402
 from prune_env.sparsity import sparsity_report  # noqa: E402
 from prune_env.structure import discover  # noqa: E402
 from prune_env.text import build_token_sets, load_text  # noqa: E402
-
-START, END = "<!-- bench_kernels:start -->", "<!-- bench_kernels:end -->"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -114,7 +112,7 @@ def main(argv=None) -> int:
     print(table)
     if not args.no_write:
         command = "python scripts/bench_kernels.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_section(Path(args.out), table, source, command.strip(), args)
+        write_doc(Path(args.out), table, source, command.strip(), args)
     return 0
 
 
@@ -132,18 +130,12 @@ def render(rows: list[dict], dense_ppl: float) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, table: str, source: str, command: str, args) -> None:
-    body = (f"{START}\nModel: `{source}`; {args.calib_samples} calibration windows and {args.eval_samples} held-out "
+def write_doc(path: Path, table: str, source: str, command: str, args) -> None:
+    body = (f"Model: `{source}`; {args.calib_samples} calibration windows and {args.eval_samples} held-out "
             f"evaluation windows of {args.seqlen} tokens from the packaged Wikipedia text (seed 0); sequential "
             f"calibration; prune time is the median of {args.repeats} runs.\n\nCommand: `{command}`  \n"
-            f"Machine: {machine_description()}  \nDate: {time.strftime('%Y-%m-%d')}\n\n{table}\n{END}")
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + body + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n## Pruning kernels (`scripts/bench_kernels.py`)\n\n" + body + "\n"
-    path.write_text(text)
-    print(f"wrote {path}")
+            f"Machine: {machine_description()}  \nDate: {time.strftime('%Y-%m-%d')}\n\n{table}")
+    write_section(path, "bench_kernels", "Pruning kernels (`scripts/bench_kernels.py`)", body)
 
 
 if __name__ == "__main__":

@@ -17,33 +17,26 @@ def default_model_dir() -> Path:
     return materialize_preset(DEFAULT_MODEL)
 
 
-@pytest.fixture(scope="session")
-def tiny_llm_dir(tmp_path_factory: pytest.TempPathFactory, default_model_dir: Path) -> Path:
-    """A 2-block random Llama (hidden 64) with SmolLM2's real tokenizer: fast end-to-end runs on real text."""
-    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+def _tiny_llama_dir(out: Path, tokenizer_dir: Path, layers: int, seed: int) -> Path:
+    """Save a random Llama (hidden 64) with ``layers`` blocks and the tokenizer of ``tokenizer_dir`` into ``out``."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                          tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    out = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(out)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_dir(tmp_path_factory: pytest.TempPathFactory, default_model_dir: Path) -> Path:
+    """A 2-block random Llama (hidden 64) with SmolLM2's real tokenizer: fast end-to-end runs on real text."""
+    return _tiny_llama_dir(tmp_path_factory.mktemp("tiny-llama"), default_model_dir, layers=2, seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_llm4_dir(tmp_path_factory: pytest.TempPathFactory, default_model_dir: Path) -> Path:
     """Like ``tiny_llm_dir`` with 4 blocks, so per-unit profiles and z-scores have some spread."""
-    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(1)
-    model = LlamaForCausalLM(config)
-    out = tmp_path_factory.mktemp("tiny-llama4")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return _tiny_llama_dir(tmp_path_factory.mktemp("tiny-llama4"), default_model_dir, layers=4, seed=1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ from prune_env.sparsify import NM, check_ratio
 from prune_env.sparsity import sparsity_report
 from prune_env.structure import discover
 from prune_env.text import build_token_sets, default_seqlen, load_text
+
+from .benchdoc import machine_description
 
 
 @dataclass
@@ -53,11 +54,6 @@ class PruneJobConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.seqlen is not None and self.seqlen < 2:
             raise ValueError(f"--seqlen must be >= 2, got {self.seqlen}")
-
-
-def machine_description() -> str:
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.machine()} {platform.system()}, {torch.get_num_threads()} torch threads, {gpu}, torch {torch.__version__}"
 
 
 def run_prune_job(config: PruneJobConfig, *, progress: bool = True, log=print) -> dict[str, Any]:
