@@ -1,7 +1,7 @@
 """Token sets for calibration and evaluation, from packaged offline text or (online) hub datasets.
 
 Offline default: the real Wikipedia articles (CC BY-SA) shipped in gensim's test data (106 non-redirect
-pages; 105 keep some prose), cleaned of wiki markup once and cached as ``<cache>/text/enwiki-gensim.txt``. A single text is split by token position:
+pages; 105 keep some prose), cleaned of wiki markup once and cached as ``<cache>/text/enwiki-gensim-v<N>.txt``. A single text is split by token position:
 calibration windows come only from the first ``1 - eval_fraction`` of its tokens and evaluation windows
 only from the rest, so the two never overlap. Sequence length is always explicit, never the model's
 ``max_position_embeddings``.
@@ -43,7 +43,10 @@ DEFAULT_SEQLEN_GPU = 2048
 
 WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 LEE_FILE = "lee_background.cor"
-WIKI_CACHE_NAME = "enwiki-gensim.txt"
+# The cleaned text is cached under a versioned name: bump the version whenever the cleaning rules change, so a
+# stale cache from older code is never read (it would silently change every measured perplexity).
+WIKI_CLEANING_VERSION = 2
+WIKI_CACHE_NAME = f"enwiki-gensim-v{WIKI_CLEANING_VERSION}.txt"
 # hf:c4 reads one shard of each split; this many leading documents are kept (tokenizing the whole
 # training shard would take minutes). The evaluation text is the first 1100 validation documents joined
 # by a space, as in the SparseGPT/Wanda repos, so their first 256 windows are the published C4 set.
