@@ -6,13 +6,13 @@ each block and leaving the last one. After a change from block ``i`` on, it repl
 cached inputs of block ``i`` (with each block's own recorded arguments, see :mod:`.calibration`) and then runs
 the model's tail: the model's own forward with every block replaced by a stand-in that returns the cached
 final hidden states, so the final norm, LM head and any logit post-processing (e.g. Gemma's soft-capping)
-are the model's own code. Same batches, same ops, same tensors: the result equals a full forward bitwise on
-a deterministic device.
+are the model's own code, in memory-bounded chunks of positions (:func:`prune_env.perplexity.tail_nll`, which
+:func:`prune_env.perplexity.perplexity` uses too). Same batches, same ops, same tensors: the result equals a
+full forward bitwise on a deterministic device.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -24,11 +24,9 @@ from .calibration import (
     batches,
     capture_block_inputs,
     forward_hooks,
-    like_block_output,
     model_device,
-    standing_in,
 )
-from .perplexity import Perplexity, perplexity, sequence_nll
+from .perplexity import Perplexity, checked, perplexity, tail_nll
 from .structure import ModelStructure
 
 ActivationSink = Callable[[str, torch.Tensor], None]
@@ -46,7 +44,8 @@ class BlockCache:
     """
 
     def __init__(
-        self, model: nn.Module, structure: ModelStructure, token_ids: torch.Tensor, *, batch_size: int = 8
+        self, model: nn.Module, structure: ModelStructure, token_ids: torch.Tensor, *, batch_size: int = 8,
+        budget_bytes: int | None = None,
     ) -> None:
         if token_ids.ndim != 2 or token_ids.shape[1] < 2:
             raise ValueError(f"token_ids must be [n_windows, seqlen >= 2], got shape {tuple(token_ids.shape)}")
@@ -54,6 +53,7 @@ class BlockCache:
         self._structure = structure
         self._token_ids = token_ids
         self._batch_size = batch_size
+        self._budget_bytes = budget_bytes
         device = model_device(model)
         self._batches = [batch.to(device) for batch in batches(token_ids, batch_size)]
         inputs = capture_block_inputs(model, structure, token_ids, batch_size)
@@ -103,7 +103,8 @@ class BlockCache:
 
     def full_perplexity(self) -> Perplexity:
         """Perplexity from a plain full forward on the same windows and batches (for checks and tests)."""
-        return perplexity(self._model, self._token_ids, batch_size=self._batch_size)
+        return perplexity(self._model, self._token_ids, batch_size=self._batch_size, structure=self._structure,
+                          budget_bytes=self._budget_bytes)
 
     def _check_block(self, block: int, what: str) -> None:
         if isinstance(block, bool) or not isinstance(block, int):
@@ -141,24 +142,11 @@ class BlockCache:
 
     @torch.no_grad()
     def _tail(self) -> Perplexity:
-        """The model's own forward with every block standing in, fed the cached output of the last block.
-
-        Every stand-in returns the cached final hidden states of the current batch: each one's output feeds
-        the next, so only the last one matters, and returning a cached tensor costs nothing.
-        """
+        """NLL from the cached output of the last block through the model's own tail (:func:`tail_nll`, the
+        same function :func:`prune_env.perplexity.perplexity` uses, hence bitwise agreement)."""
         final = self._hidden[self.num_blocks]
-        current: list[torch.Tensor] = []
-
-        def respond(_args: tuple, _kwargs: dict) -> Any:
-            return like_block_output(self._template, current[0])
-
         total = 0.0
-        with standing_in(self._structure.blocks, dict.fromkeys(range(self.num_blocks), respond)):
-            for batch, hidden in zip(self._batches, final):
-                current[:] = [hidden]
-                logits = self._model(input_ids=batch, use_cache=False).logits
-                total += float(sequence_nll(logits, batch).sum())
-        result = Perplexity(total, self._token_ids.shape[0] * (self._token_ids.shape[1] - 1))
-        if not math.isfinite(result.nll):
-            raise FloatingPointError("the model produced non-finite log-likelihoods (NaN/inf logits)")
-        return result
+        for batch, hidden in zip(self._batches, final):
+            total += float(tail_nll(self._model, self._structure.blocks, batch, hidden, self._template,
+                                    budget_bytes=self._budget_bytes).sum())
+        return checked(Perplexity(total, self._token_ids.shape[0] * (self._token_ids.shape[1] - 1)))

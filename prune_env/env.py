@@ -143,6 +143,8 @@ class PruningEnv(gym.Env):
                                batch_size=cfg.batch_size, progress=cfg.progress) if needs_stats else {}
         )
         self.store = CheckpointStore(self.units, dense=self.dense)
+        self._store_generation = 0  # zero counts are cached per (store generation, unit version)
+        self._zero_counts: dict[str, tuple[tuple[int, int], int]] = {}
         self.cache = BlockCache(self.model, self.structure, self._reward_ids, batch_size=cfg.batch_size)
         self._act: dict[str, LayerStatistics] = {}
         self._stale_from: int | None = None
@@ -184,6 +186,7 @@ class PruningEnv(gym.Env):
             self._restore(self._initial_checkpoint)
             self._steps = 0
             self.store = CheckpointStore(self.units, dense=self.dense)
+            self._store_generation += 1
         self._initial_checkpoint = self.save_checkpoint()
         info = self._info(changed=[], timings={"reset": time.perf_counter() - start})
         return self._observation(), {**info, "checkpoint": self._last_checkpoint}
@@ -235,6 +238,37 @@ class PruningEnv(gym.Env):
         self._last_checkpoint = self.store.save(meta)
         return self._last_checkpoint
 
+    def apply_allocation(self, sparsity_map: dict[str, float]) -> dict[str, Any]:
+        """Set units to absolute sparsity levels, re-pruned from their dense weights (1.0 zeroes a unit), then
+        re-measure and save a checkpoint. Not a step (the step count goes on unchanged): it rebuilds a run's
+        final model from its sparsity map, or evaluates a hand-made allocation. Returns the info dict."""
+        if self._initial_checkpoint is None:
+            raise RuntimeError("call reset() before apply_allocation()")
+        unknown = sorted(set(sparsity_map) - set(self.unit_names))
+        if unknown:
+            raise ValueError(f"unknown unit(s) {unknown[:5]}; units are named like {self.unit_names[0]!r}")
+        for name, level in sparsity_map.items():
+            if not 0.0 <= float(level) <= 1.0:
+                raise ValueError(f"sparsity of {name} must be in [0, 1], got {level}")
+        changed = []
+        for name, level in sparsity_map.items():
+            i = self.unit_names.index(name)
+            if float(level) == self._ratios[i]:
+                continue
+            if float(level) >= 1.0:
+                with self.store.changing(name):
+                    for lin in self.units[i].linears:
+                        lin.set_weight_matrix(torch.zeros_like(lin.weight_matrix()))
+                self._ratios[i] = 1.0
+            else:
+                self._apply_unit(i, float(level))
+            changed.append(i)
+        dirty = min((self._unit_first_block[i] for i in changed), default=None)
+        self._refresh_profiles(dirty_from=dirty, gradients=False)
+        info = self._info(changed=[self.unit_names[i] for i in changed], timings={})
+        info["checkpoint"] = self.save_checkpoint()
+        return info
+
     def evaluate_full(self, *, progress: bool = False) -> Perplexity:
         """Perplexity on the full evaluation set (``final_eval_samples`` windows), for final reports."""
         return perplexity(self.model, self._final_ids, batch_size=self.config.batch_size, progress=progress)
@@ -257,9 +291,18 @@ class PruningEnv(gym.Env):
         return float((self._ratios * self._unit_numel).sum() / self._unit_numel.sum())
 
     def measured_sparsity(self) -> float:
-        """Zeros over all prunable linears, counted in the weights."""
-        zeros = sum(int((lin.module.weight == 0).sum()) for lin in self.structure.linears)
-        return zeros / sum(lin.numel for lin in self.structure.linears)
+        """Zeros over all prunable linears, counted in the weights (recounted only for units whose checkpoint-store
+        version changed since they were last counted, so a step or a rollback pays for the units it touched)."""
+        return sum(self._unit_zeros(i) for i in range(len(self.units))) / float(self._unit_numel.sum())
+
+    def _unit_zeros(self, index: int) -> int:
+        unit = self.units[index]
+        key = (self._store_generation, self.store.version(unit.name))
+        cached = self._zero_counts.get(unit.name)
+        if cached is None or cached[0] != key:
+            cached = (key, sum(int((lin.module.weight == 0).sum()) for lin in unit.linears))
+            self._zero_counts[unit.name] = cached
+        return cached[1]
 
     # ------------------------------------------------------------------ internals
     def _init_episode_state(self) -> None:

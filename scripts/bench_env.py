@@ -7,8 +7,11 @@ checkpoint bytes, and peak memory against the model's size.
 
 Steps are single-unit actions (one unit raised by one level) on every k-th unit, the same units for both
 modes, so their mean is the average over uniformly random single-unit actions; the gradient profile is off
-so that steps measure pruning + cached evaluation. Peak memory is the resident set (sampled every 20 ms)
-above what the process held before the model loaded, for set-up and for stepping separately; run it with
+so that steps measure pruning + cached evaluation. The tail (final norm + LM head + loss over the reward
+windows) and one block are also timed alone, which gives the ratio an exact cache would reach if a step were
+nothing but blocks and tail: ``(tail + mean re-run blocks) / (tail + all blocks)``. Peak memory is the resident set
+(sampled every 5 ms) above what the process held once its libraries (torch, transformers and the model's
+modeling code) were imported and before the model loaded, for set-up and for stepping separately; run it with
 MALLOC_MMAP_THRESHOLD_=65536 so that freed large buffers go back to the OS and the RSS shows live memory.
 Targets (issue #3): cached step <= 0.6x uncached; rollback < 5% of a step; peak memory < 1.5x (dense model
 + cached evaluation activations).
@@ -31,13 +34,13 @@ sys.path.insert(0, str(ROOT))
 
 from policies.app.benchdoc import machine_description, write_section  # noqa: E402
 from prune_env.env import PruningEnv  # noqa: E402
-from prune_env.models import DEFAULT_MODEL, LoadedModel, load_model  # noqa: E402
+from prune_env.models import DEFAULT_MODEL, PRESETS, LoadedModel, load_model, materialize_preset  # noqa: E402
 
 
 class RssSampler:
     """Peak resident set size of this process, sampled in a background thread."""
 
-    def __init__(self, interval: float = 0.02) -> None:
+    def __init__(self, interval: float = 0.005) -> None:
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -95,8 +98,32 @@ def qwen3_4b_factory(device: str):
     return factory
 
 
+def import_model_code(model: str) -> None:
+    """Import the model's transformers modeling code, so the memory baseline holds the libraries, not the env."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(materialize_preset(model) if model in PRESETS else model)
+    AutoModelForCausalLM._model_mapping[type(config)]  # noqa: B018 - the lookup imports the module
+
+
+def time_parts(env: PruningEnv, repeats: int = 3) -> tuple[float, float]:
+    """Median seconds of the tail alone (norm, LM head, loss) and of one re-run block, on the reward windows."""
+    cache, L = env.cache, len(env.structure.blocks)
+    tails, blocks = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        cache.perplexity(dirty_from=L)
+        tails.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        cache.perplexity(dirty_from=L - 1)
+        blocks.append(time.perf_counter() - t - tails[-1])
+    return statistics.median(tails), statistics.median(blocks)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if not args.shape:
+        import_model_code(args.model)
     rss0 = RssSampler.rss()
     settings = dict(method=args.method, target_sparsity=0.9, step_size=0.05, n_levels=2, max_steps=10_000,
                     gradient_samples=0, calib_samples=args.calib_samples, reward_eval_samples=args.reward_eval_samples,
@@ -126,6 +153,7 @@ def main(argv=None) -> int:
 
         uncached = run_steps(False)
         cached = run_steps(True)
+        tail_s, block_s = time_parts(env)
         env.config.use_block_cache = True
         env.reset()
         rollbacks, ckpt_bytes = [], []
@@ -147,6 +175,8 @@ def main(argv=None) -> int:
         "checkpoint_bytes_max": max(ckpt_bytes), "checkpoints_total_bytes": env.store.nbytes(),
         "model_bytes": model_bytes, "cache_bytes": cache_bytes, "peak_bytes": peak,
         "dense_source": type(env.dense).__name__, "seqlen": env.tokens.seqlen,
+        "tail_s": tail_s, "block_s": block_s, "blocks": len(env.structure.blocks),
+        "mean_rerun_blocks": statistics.mean(len(env.structure.blocks) - i for i in range(0, L, args.every)),
     }
     text = render(rows, args)
     print(text)
@@ -160,6 +190,9 @@ def render(r: dict, args) -> str:
     ratio = r["step_cached_s"] / r["step_uncached_s"]
     rb = r["rollback_s"] / r["step_cached_s"]
     mem = r["peak_bytes"] / (r["model_bytes"] + r["cache_bytes"])
+    blocks_total = r["blocks"]
+    tail_blocks = r["tail_s"] / r["block_s"]
+    bound = (tail_blocks + r["mean_rerun_blocks"]) / (tail_blocks + blocks_total)
     cmd = "python scripts/bench_env.py " + " ".join(sys.argv[1:])
     return "\n".join([
         f"Model: `{r['model']}` ({r['units']} block units, {args.method}); {args.reward_eval_samples} reward windows of "
@@ -182,6 +215,9 @@ def render(r: dict, args) -> str:
         f"| peak RSS above start while stepping | {r['peak_bytes'] / mib:.0f} MiB = {mem:.2f}x (model + activations) | < 1.5x {'(met)' if mem < 1.5 else '(NOT met)'} |",
         f"| peak RSS above start during set-up | {r['setup_peak_bytes'] / mib:.0f} MiB | |",
         f"| env set-up (load, statistics, cache, profiles) | {r['setup_s']:.1f} s | |",
+        f"| tail alone (final norm, LM head, loss) / one block | {r['tail_s']:.2f} s / {r['block_s']:.2f} s "
+        f"= {r['tail_s'] / r['block_s']:.1f} blocks | |",
+        f"| cached / uncached if a step were only blocks + tail (exact-cache bound) | {bound:.2f}x | |",
     ])
 
 

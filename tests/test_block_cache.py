@@ -173,3 +173,17 @@ def test_bad_token_ids_are_rejected():
     model = tiny_model("llama")
     with pytest.raises(ValueError, match="seqlen >= 2"):
         BlockCache(model, discover(model), torch.zeros(3, 1, dtype=torch.long))
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_chunked_tail_equals_a_full_forward_bitwise(arch):
+    """With a logits budget of a few positions, the tail runs in several chunks; still bitwise equal."""
+    model, ids = tiny_model(arch), random_tokens(N_WINDOWS, SEQLEN, seed=1)
+    structure = discover(model)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    budget = BATCH * vocab * 4 * 3  # 3 positions per chunk: 7 chunks of a 19-position window
+    cache = BlockCache(model, structure, ids, batch_size=BATCH, budget_bytes=budget)
+    full = perplexity(model, ids, batch_size=BATCH, budget_bytes=budget)
+    _assert_same(cache.perplexity(), full)
+    _prune_block(structure, 1)
+    _assert_same(cache.perplexity(dirty_from=1), perplexity(model, ids, batch_size=BATCH, budget_bytes=budget))

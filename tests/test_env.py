@@ -321,3 +321,41 @@ def test_episode_on_the_default_model_reaches_the_target():
     assert np.isfinite(env.evaluate_full().ppl)
     env.reset(options={"checkpoint": first[0]})
     assert_same_params(first[1], {k: v.detach().clone() for k, v in env.model.state_dict().items()})
+
+
+def _counted_sparsity(env: PruningEnv) -> float:
+    zeros = sum(int((lin.module.weight == 0).sum()) for lin in env.structure.linears)
+    return zeros / sum(lin.numel for lin in env.structure.linears)
+
+
+def test_measured_sparsity_stays_true_through_steps_rollbacks_resets_and_allocations(tiny_llm4_dir):
+    """Zero counts are cached per unit version; they must always equal a fresh count of the weights."""
+    env = make_env(tiny_llm4_dir)
+    env.reset(seed=0)
+    first = env.save_checkpoint()
+    for action in ([1, 0, 2, 0], [0, 2, 0, 1], [2, 2, 2, 2]):
+        info = env.step(np.array(action))[4]
+        assert info["global_sparsity"] == _counted_sparsity(env) > 0
+    env.reset(options={"checkpoint": first})
+    assert env.measured_sparsity() == _counted_sparsity(env) == 0.0
+    env.step(np.array([2, 2, 0, 0]))
+    info = env.apply_allocation({env.unit_names[0]: 1.0, env.unit_names[3]: 0.4})
+    assert info["global_sparsity"] == _counted_sparsity(env)
+    assert all(float((lin.module.weight == 0).float().mean()) == 1.0 for lin in env.units[0].linears)
+    env.reset()
+    assert env.measured_sparsity() == _counted_sparsity(env) == 0.0
+
+
+def test_apply_allocation_rejects_bad_input_and_matches_stepping(tiny_llm4_dir):
+    env = make_env(tiny_llm4_dir)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="unknown unit"):
+        env.apply_allocation({"nope": 0.2})
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
+        env.apply_allocation({env.unit_names[0]: 1.5})
+    env.step(np.array([2, 0, 1, 2]))
+    stepped = params(env)
+    levels = env.sparsity_map()
+    env.reset()
+    env.apply_allocation(levels)
+    assert_same_params(params(env), stepped)  # re-pruned from dense: the same weights as the steps gave
