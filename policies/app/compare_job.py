@@ -1,0 +1,205 @@
+"""The ``compare`` job: run several policies on one model and target, score each, write a report.
+
+For every policy: one episode (:func:`policies.app.run_job.run_policy`, into ``OUT/<policy>/``), then, while
+the env still holds the pruned model, the harness tasks (``pg_wiki_ppl`` word perplexity on held-out packaged
+Wikipedia, ``pg_knowledge``) through :func:`harness_tasks.evaluate` on the model object. The dense model is
+scored the same way once, so every task gets a retention ratio. Policies that prune with the same kernel share
+one env (the model and its calibration statistics are built once; ``reset()`` returns to the dense weights).
+``results.json`` is rewritten after every policy, so a crash keeps what finished; a failing policy is
+recorded and the others go on. ``--ray`` runs each policy in its own Ray actor instead
+(:mod:`policies.app.ray_compare`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prune_env.models import DEFAULT_MODEL
+
+from .benchdoc import machine_description
+from .report import write_report
+from .run_job import RunConfig, command_line, run_policy, versions
+
+DEFAULT_TASKS = ("pg_wiki_ppl", "pg_knowledge")
+# The score a task's retention is computed on, by preference (lm-eval metric names without filters).
+PRIMARY_METRICS = ("acc", "exact_match", "word_perplexity", "acc_norm", "bits_per_byte")
+
+
+@dataclass
+class CompareConfig:
+    """Policies to compare on one model and target, and how to score them."""
+
+    policies: list[str]
+    model: str = DEFAULT_MODEL
+    target: float = 0.5
+    max_steps: int = 40
+    rollback_threshold: float | None = 0.1
+    seed: int = 0
+    env: dict[str, Any] = field(default_factory=dict)                   # further PruningEnvConfig fields
+    policy_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per policy name
+    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))  # [] skips the harness
+    eval_limit: int | None = 50       # examples (documents for pg_wiki_ppl) per task; None = all
+
+    def run_config(self, policy: str) -> RunConfig:
+        return RunConfig(policy=policy, model=self.model, target=self.target, max_steps=self.max_steps,
+                         rollback_threshold=self.rollback_threshold, seed=self.seed, env=dict(self.env),
+                         policy_options=dict(self.policy_options.get(policy, {})))
+
+    def validate(self) -> CompareConfig:
+        if not self.policies:
+            raise ValueError("give at least one policy, e.g. --policies agent,uniform-wanda,owl,greedy-sensitivity")
+        if len(set(self.policies)) != len(self.policies):
+            raise ValueError(f"--policies names a policy twice: {self.policies}")
+        for name in self.policies:
+            self.run_config(name).validate()
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise ValueError(f"--eval-limit must be >= 1 (or omitted for all examples), got {self.eval_limit}")
+        if self.tasks:
+            from harness_tasks.tasks import check_task_names, manager_for
+
+            check_task_names(list(self.tasks), manager_for(list(self.tasks)))
+        return self
+
+
+def primary_scores(summary: Mapping[str, Mapping[str, float]]) -> dict[str, tuple[str, float]]:
+    """``{task: (metric, value)}``: each task's headline metric (groups without their own score skipped)."""
+    out: dict[str, tuple[str, float]] = {}
+    for task, metrics in summary.items():
+        for metric in PRIMARY_METRICS:
+            if metric in metrics:
+                out[task] = (metric, float(metrics[metric]))
+                break
+    return out
+
+
+# Tasks that get a column in the report (their subtasks' scores stay in each run's scores.json).
+HEADLINE_TASKS = ("pg_factual_qa", "pg_factual_mc", "pg_mmlu_dev", "pg_wiki_ppl")
+
+
+def retention_row(pruned: Mapping[str, Mapping[str, float]], dense: Mapping[str, Mapping[str, float]],
+                  tasks: Sequence[str] = ()) -> dict[str, float]:
+    """``{task: retention of its headline metric}`` (pruned / dense; dense / pruned for perplexities), for
+    the requested ``tasks`` and the headline tasks (per-subtask ratios are left out)."""
+    from harness_tasks import retention
+
+    keep = set(tasks) | set(HEADLINE_TASKS)
+    ratios = retention(pruned, dense)
+    return {task: ratios[task][metric] for task, (metric, _) in primary_scores(pruned).items()
+            if task in keep and metric in ratios.get(task, {})}
+
+
+def score_model(env: Any, tasks: Sequence[str], limit: int | None) -> dict[str, dict[str, float]]:
+    """The harness tasks on the env's current model (the object itself, not a copy)."""
+    if not tasks:
+        return {}
+    from harness_tasks import evaluate
+
+    raw = env.unwrapped
+    return evaluate(raw.model, raw.loaded.tokenizer, list(tasks), limit=limit,
+                    batch_size=raw.config.batch_size, add_bos_token=raw.loaded.needs_bos or None)
+
+
+def _write_results(results: Mapping[str, Any], out: Path) -> None:
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2, default=str))
+    tmp.replace(out / "results.json")
+
+
+def new_results(config: CompareConfig) -> dict[str, Any]:
+    return {"command": command_line(), "versions": versions(), "machine": machine_description(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "model": config.model, "target": config.target,
+            "config": asdict(config), "dense": {}, "policies": {},
+            "knowledge_description": f"{', '.join(config.tasks) or 'none'}, "
+                                     f"{config.eval_limit or 'all'} examples per task",
+            "eval_description": "perplexity on the env's final evaluation windows of held-out packaged text"}
+
+
+def run_compare(
+    config: CompareConfig,
+    out_dir: str | Path,
+    *,
+    use_ray: bool = False,
+    ray_address: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    wandb: Any = None,
+) -> dict[str, Any]:
+    """Run, score and report every policy; returns the results dict (also ``results.json``, ``report.md``)."""
+    config.validate()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = new_results(config)
+    if use_ray:
+        from .ray_compare import run_compare_ray
+
+        run_compare_ray(config, out, results, address=ray_address, log=log, wandb=wandb)
+    else:
+        _run_local(config, out, results, progress=progress, log=log, wandb=wandb)
+    _write_results(results, out)
+    report = write_report(results, out)
+    log(f"report: {report}")
+    return results
+
+
+def shared_env(run_config: RunConfig, envs: dict[str, Any], *, progress: bool, log: Callable[[str], None]) -> Any:
+    """The env of ``run_config``'s kernel, built once per kernel without a wrapper, and wrapped in
+    :class:`AutoRollback` for a policy that runs under it (the agent), so policies share model and statistics."""
+    from prune_env.env import PruningEnv
+    from prune_env.wrappers import AutoRollback
+
+    cfg = run_config.env_config()
+    if cfg.method not in envs:
+        log(f"building the env for {cfg.method} on {cfg.model}")
+        envs[cfg.method] = PruningEnv(**{**cfg.as_dict(), "rollback_threshold": None, "progress": progress})
+    raw = envs[cfg.method]
+    if cfg.rollback_threshold is None:
+        return raw
+    return AutoRollback(raw, max_ppl_increase=cfg.rollback_threshold, penalty=cfg.rollback_penalty)
+
+
+def _run_local(config: CompareConfig, out: Path, results: dict[str, Any], *, progress: bool,
+               log: Callable[[str], None], wandb: Any) -> None:
+    envs: dict[str, Any] = {}
+    dense_knowledge: dict[str, dict[str, float]] | None = None
+    try:
+        for name in config.policies:
+            run_config = config.run_config(name)
+            env = shared_env(run_config, envs, progress=progress, log=log)
+            if dense_knowledge is None:
+                env.reset(seed=config.seed)
+                log("scoring the dense model")
+                dense_knowledge = score_model(env, config.tasks, config.eval_limit)
+                results["dense"] = {"ppl": env.unwrapped.evaluate_full().ppl, "knowledge": dense_knowledge}
+                _write_results(results, out)
+            results["policies"][name] = run_and_score(run_config, out / name, env, config, dense_knowledge,
+                                                      progress=progress, log=log, wandb=wandb)
+            _write_results(results, out)
+    finally:
+        for env in envs.values():
+            env.close()
+
+
+def run_and_score(run_config: RunConfig, run_dir: Path, env: Any, config: CompareConfig,
+                  dense_knowledge: Mapping[str, Mapping[str, float]], *, progress: bool,
+                  log: Callable[[str], None], wandb: Any) -> dict[str, Any]:
+    """One policy's episode and scores; a failure becomes ``{"error": ...}`` instead of stopping the comparison."""
+    try:
+        metrics = run_policy(run_config, run_dir, env=env, progress=progress, log=log, wandb=wandb)
+        log(f"scoring {run_config.policy}")
+        knowledge = score_model(env, config.tasks, config.eval_limit)
+    except Exception as err:  # noqa: BLE001 - one policy's failure must not lose the others' results
+        log(f"{run_config.policy} failed: {type(err).__name__}: {err}")
+        (run_dir / "error.txt").parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        return {"error": f"{type(err).__name__}: {err}", "run_dir": str(run_dir)}
+    metrics["knowledge"] = knowledge
+    metrics["retention"] = retention_row(knowledge, dense_knowledge, config.tasks)
+    (run_dir / "scores.json").write_text(json.dumps({"knowledge": knowledge, "retention": metrics["retention"]},
+                                                    indent=2))
+    return metrics

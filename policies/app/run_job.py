@@ -1,0 +1,257 @@
+"""The ``run`` job: one policy, one episode, one run directory written as it goes; ``--resume`` continues it.
+
+Run directory::
+
+    config.json        the resolved run config (env settings, policy, options), versions, machine, command
+    steps.jsonl        one line per step, flushed as it goes (policies.runner)
+    transcript.jsonl   the agent's requests and responses (agent only)
+    masks.safetensors  the final masks, bit-packed per prunable linear (uint8, numel/8 bytes each)
+    sparsity_map.json  {unit: sparsity} of the final model
+    final.json         final metrics (written last: its absence marks an unfinished run)
+
+A resumed run reads ``config.json`` and ``steps.jsonl``, keeps the old files as ``*.resumed-N.jsonl``, and
+replays the recorded steps through a fresh env (deterministic: the same perplexity, checked), then the policy
+goes on. The agent is not asked again for replayed steps.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from policies.registry import make_policy, required_method, spec
+from policies.runner import EpisodeResult, load_steps, run_episode
+from prune_env.env import make_pruning_env
+from prune_env.env_config import PruningEnvConfig
+from prune_env.models import DEFAULT_MODEL
+
+from .benchdoc import machine_description
+
+FINAL = "final.json"
+CONFIG = "config.json"
+STEPS = "steps.jsonl"
+TRANSCRIPT = "transcript.jsonl"
+MASKS = "masks.safetensors"
+SPARSITY_MAP = "sparsity_map.json"
+
+
+@dataclass
+class RunConfig:
+    """One policy on one env. ``env`` holds any further :class:`PruningEnvConfig` fields."""
+
+    policy: str
+    model: str = DEFAULT_MODEL
+    target: float = 0.5
+    method: str | None = None          # None: the policy's own kernel, else wanda
+    max_steps: int = 40
+    rollback_threshold: float | None = 0.1  # AutoRollback, for policies whose loop uses it (the agent)
+    seed: int = 0
+    env: dict[str, Any] = field(default_factory=dict)
+    policy_options: dict[str, Any] = field(default_factory=dict)
+
+    def env_config(self) -> PruningEnvConfig:
+        """The validated env config; the policy's kernel wins over ``method`` when it has one."""
+        needed = required_method(self.policy)
+        if needed and self.method and self.method != needed:
+            raise ValueError(f"policy {self.policy} prunes with {needed}; drop --method {self.method} or pick "
+                             f"another policy")
+        known = {f.name for f in fields(PruningEnvConfig)}
+        unknown = sorted(set(self.env) - known)
+        if unknown:
+            raise ValueError(f"unknown env setting(s) {unknown}; known: {', '.join(sorted(known))}")
+        rollback = self.rollback_threshold if spec(self.policy).uses_rollback else None
+        settings = {**self.env, "model": self.model, "target_sparsity": self.target,
+                    "method": needed or self.method or "wanda", "max_steps": self.max_steps,
+                    "rollback_threshold": rollback, "seed": self.seed}
+        return PruningEnvConfig(**settings).validate()
+
+    def validate(self) -> RunConfig:
+        spec(self.policy)  # unknown names fail here, listing the known ones
+        self.env_config()
+        return self
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages a result depends on."""
+    out = {"python": sys.version.split()[0]}
+    for dist in ("prune-gym", "torch", "transformers", "lm_eval", "gymnasium", "openai"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def command_line() -> str:
+    return " ".join(["prune-gym", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("prune-gym") else " ".join(sys.argv)
+
+
+def build_env(config: RunConfig, *, progress: bool = True) -> Any:
+    """A (possibly AutoRollback-wrapped) PruningEnv for ``config``."""
+    env_config = config.env_config()
+    settings = {**env_config.as_dict(), "progress": progress}
+    return make_pruning_env(**settings)
+
+
+def _set_aside(path: Path) -> Path | None:
+    """Move ``path`` to ``<stem>.resumed-N<suffix>`` (the first free N); None when it does not exist."""
+    if not path.exists():
+        return None
+    n = 1
+    while (target := path.with_name(f"{path.stem}.resumed-{n}{path.suffix}")).exists():
+        n += 1
+    path.rename(target)
+    return target
+
+
+def save_masks(env: Any, path: Path) -> Path:
+    """The final masks, bit-packed (1 = kept) per prunable linear, in safetensors."""
+    from safetensors.torch import save_file
+
+    raw = env.unwrapped
+    tensors = {}
+    for lin in raw.structure.linears:
+        kept = (lin.weight_matrix() != 0).reshape(-1).cpu().numpy()
+        tensors[lin.name] = torch.from_numpy(np.packbits(kept))
+    save_file(tensors, str(path), metadata={"format": "np.packbits of (weight != 0) over the (out, in) matrix"})
+    return path
+
+
+def make_run_policy(config: RunConfig, out: Path) -> Any:
+    """The policy; the agent gets its transcript in the run directory."""
+    options = dict(config.policy_options)
+    if spec(config.policy).factory.startswith("policies.agent"):
+        options.setdefault("transcript_path", str(out / TRANSCRIPT))
+    return make_policy(config.policy, **options)
+
+
+def run_policy(
+    config: RunConfig,
+    out_dir: str | Path,
+    *,
+    env: Any = None,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    wandb: Any = None,
+    dense_ppl: float | None = None,
+) -> dict[str, Any]:
+    """Run one episode into ``out_dir`` and return the final metrics (also in ``final.json``).
+
+    ``env``: an already built env with the same config (``compare`` shares one per kernel); it is reset here.
+    ``wandb``: a :class:`policies.app.wandb_log.WandbSettings` to log the run, or None.
+    """
+    out = Path(out_dir)
+    start_from: list[dict[str, Any]] = []
+    if resume:
+        if not (out / CONFIG).is_file():
+            raise FileNotFoundError(f"--resume {out}: no {CONFIG} there; is it a prune-gym run directory?")
+        if (out / FINAL).is_file():
+            log(f"{out} is already finished ({FINAL} exists); nothing to resume")
+            return json.loads((out / FINAL).read_text())
+        config = RunConfig.from_dict(json.loads((out / CONFIG).read_text())["run"])
+        old_steps = _set_aside(out / STEPS)
+        start_from = load_steps(old_steps) if old_steps else []
+        _set_aside(out / TRANSCRIPT)
+        log(f"resuming {out}: replaying {sum(1 for s in start_from if s.get('kind') == 'step')} recorded steps")
+    config.validate()
+    out.mkdir(parents=True, exist_ok=True)
+    env_config = config.env_config()
+    if not resume:
+        (out / CONFIG).write_text(json.dumps({
+            "run": asdict(config), "env": env_config.as_dict(), "command": command_line(), "versions": versions(),
+            "machine": machine_description(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }, indent=2, default=str))
+    owns_env = env is None
+    env = env if env is not None else build_env(config, progress=progress)
+    policy = make_run_policy(config, out)
+    try:
+        result: EpisodeResult = run_episode(env, policy, steps_path=out / STEPS, seed=config.seed, progress=progress,
+                                            log=log, start_from=start_from, dense_ppl=dense_ppl)
+    finally:
+        close = getattr(policy, "close", None)
+        if callable(close):
+            close()
+    save_masks(env, out / MASKS)
+    (out / SPARSITY_MAP).write_text(json.dumps(result.sparsity_map, indent=2))
+    metrics = final_metrics(result, out)
+    if wandb is not None:
+        _log_wandb(wandb, config, env_config, result, metrics, out)
+    (out / FINAL).write_text(json.dumps(metrics, indent=2, default=str))
+    log(f"{config.policy}: perplexity {metrics['ppl']:.3f} (dense {metrics['dense_ppl']:.3f}, "
+        f"x{metrics['ppl_ratio']:.3f}), sparsity {metrics['sparsity']:.4f}, {metrics['steps']} steps, "
+        f"{metrics['rollbacks']} rollbacks, {metrics['wall_seconds']:.0f} s -> {out}")
+    if owns_env:
+        env.close()
+    return metrics
+
+
+def final_metrics(result: EpisodeResult, out: Path) -> dict[str, Any]:
+    """The run's headline numbers plus its per-step trace (for plots)."""
+    trace = [{"step": r["step"], "ppl": r["ppl"], "global_sparsity": r.get("global_sparsity"),
+              "rolled_back": bool(r.get("rolled_back")), **({"rejected_ppl": r["rejected_ppl"]} if r.get("rejected_ppl") else {})}
+             for r in result.records if r.get("kind") in ("step", "direct")]
+    tokens = int(result.totals.get("prompt_tokens", 0) + result.totals.get("completion_tokens", 0))
+    return {
+        "policy": result.policy, "ppl": result.final_ppl, "dense_ppl": result.dense_ppl, "ppl_ratio": result.ppl_ratio,
+        "reward_ppl": result.reward_ppl, "sparsity": result.global_sparsity, "target": result.target_sparsity,
+        "steps": result.steps, "rollbacks": result.rollbacks, "ppl_evaluations": result.ppl_evaluations,
+        "wall_seconds": result.wall_seconds, "tokens": tokens, "totals": result.totals,
+        "terminated": result.terminated, "truncated": result.truncated, "sparsity_map": result.sparsity_map,
+        "trace": trace, "run_dir": str(out),
+    }
+
+
+def _log_wandb(settings: Any, config: RunConfig, env_config: PruningEnvConfig, result: EpisodeResult,
+               metrics: dict[str, Any], out: Path) -> None:
+    from dataclasses import replace
+
+    from .report import plot_ppl_over_steps, plot_unit_sparsity
+    from .wandb_log import WandbRun
+
+    single = {"model": config.model, "target": config.target, "policies": {config.policy: metrics}}
+    plots = {"unit_sparsity": plot_unit_sparsity(single, out / "unit_sparsity.png"),
+             "ppl_over_steps": plot_ppl_over_steps(single, out / "ppl_over_steps.png")}
+    settings = replace(settings, name=settings.name or f"{config.policy}-{out.name}", dir=settings.dir or str(out))
+    with WandbRun(settings, {"run": asdict(config), "env": env_config.as_dict()}) as run:
+        for record in result.records:
+            if record.get("kind") == "step":
+                run.log_step(record)
+        run.log_final({k: v for k, v in metrics.items() if k not in ("trace", "sparsity_map", "totals")},
+                      plots=plots, masks=out / MASKS)
+
+
+def rebuild_run_env(run_dir: str | Path, *, progress: bool = True) -> Any:
+    """A fresh env holding a finished run's final model: its sparsity map re-applied from the dense weights
+    (deterministic), checked mask for mask against the run's ``masks.safetensors``."""
+    from safetensors.torch import load_file
+
+    out = Path(run_dir)
+    for name in (CONFIG, SPARSITY_MAP, MASKS):
+        if not (out / name).is_file():
+            raise FileNotFoundError(f"{out / name} is missing; is {out} a finished prune-gym run directory?")
+    config = RunConfig.from_dict(json.loads((out / CONFIG).read_text())["run"])
+    env = build_env(config, progress=progress)
+    env.reset(seed=config.seed)
+    env.unwrapped.apply_allocation(json.loads((out / SPARSITY_MAP).read_text()))
+    saved = load_file(str(out / MASKS))
+    for lin in env.unwrapped.structure.linears:
+        kept = np.packbits((lin.weight_matrix() != 0).reshape(-1).cpu().numpy())
+        if not np.array_equal(kept, saved[lin.name].numpy()):
+            raise RuntimeError(f"rebuilding {out} gave a different mask for {lin.name}; the run's config or the "
+                               f"environment (library versions, device) changed since it was made")
+    return env

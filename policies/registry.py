@@ -1,0 +1,82 @@
+"""Policy names -> factories, so any policy can be named from the command line.
+
+Kernel-specific baselines (``uniform-wanda``, ``owl-sparsegpt``, ...) need the env built with that kernel:
+:func:`required_method` says which (``None``: any). The ``agent`` entry is imported lazily, only when made.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from .base import Policy
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """How to make a policy: ``factory`` is ``"module:attribute"`` (imported when made) plus fixed options."""
+
+    factory: str
+    required_method: str | None = None
+    options: tuple[tuple[str, Any], ...] = ()
+    description: str = ""
+    uses_rollback: bool = False  # runs under AutoRollback (the agent's loop); fixed-plan baselines run without it
+
+    def load(self) -> Callable[..., Policy]:
+        module, _, attr = self.factory.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"policy factory {self.factory} cannot be imported ({err}); is that part of prune-gym "
+                             "installed?") from err
+
+
+def _uniform(kernel: str) -> PolicySpec:
+    return PolicySpec("policies.baselines.uniform:UniformPolicy", kernel, (("kernel", kernel),),
+                      f"every unit at the target with {kernel}")
+
+
+def _owl(kernel: str) -> PolicySpec:
+    return PolicySpec("policies.baselines.owl:OwlPolicy", kernel, (("kernel", kernel),),
+                      f"OWL outlier-weighted allocation (M=5, lambda=0.08) with {kernel}")
+
+
+POLICIES: MappingProxyType[str, PolicySpec] = MappingProxyType({
+    "uniform-magnitude": _uniform("magnitude"),
+    "uniform-wanda": _uniform("wanda"),
+    "uniform-sparsegpt": _uniform("sparsegpt"),
+    "owl-wanda": _owl("wanda"),
+    "owl-sparsegpt": _owl("sparsegpt"),
+    "greedy-sensitivity": PolicySpec("policies.baselines.greedy:GreedySensitivityPolicy",
+                                     description="each step prunes the least sensitive units by the z-scores"),
+    "random-search": PolicySpec("policies.baselines.random_search:RandomSearchPolicy",
+                                description="evolutionary search over allocations with a budget of evaluations"),
+    "structured": PolicySpec("policies.baselines.structured:StructuredPolicy",
+                             description="ShortGPT: remove the decoder blocks of lowest influence"),
+    "agent": PolicySpec("policies.agent:make_agent", description="the LLM agent (policies/agent)",
+                        uses_rollback=True),
+})
+ALIASES = MappingProxyType({"owl": "owl-wanda", "greedy": "greedy-sensitivity"})
+
+
+def spec(name: str) -> PolicySpec:
+    """The spec of ``name`` (aliases allowed), or a ValueError listing the known names."""
+    key = ALIASES.get(name, name)
+    if key not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; known policies: {', '.join(POLICIES)} "
+                         f"(aliases: {', '.join(f'{a}={t}' for a, t in ALIASES.items())})")
+    return POLICIES[key]
+
+
+def required_method(name: str) -> str | None:
+    """The env ``method`` the policy must run on (its kernel), or None when any method works."""
+    return spec(name).required_method
+
+
+def make_policy(name: str, **options: Any) -> Policy:
+    """A new policy by name; ``options`` go to its factory (e.g. ``budget=21`` for random-search)."""
+    entry = spec(name)
+    return entry.load()(**{**dict(entry.options), **options})

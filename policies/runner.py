@@ -1,0 +1,339 @@
+"""One episode runner for every policy: reset, act / step / observe until done, a JSONL line per step.
+
+``run_episode(env, policy, steps_path=...)`` writes (and flushes) one JSON object per line as it goes, so a
+crash loses nothing that happened before it:
+
+* ``{"kind": "start", ...}``: policy, env config, unit names, dense perplexity, seed;
+* ``{"kind": "step", ...}``: ``step``, ``action``, ``reward``, ``ppl``, ``ppl_ratio``, ``global_sparsity``
+  (measured), ``unit_sparsity``, ``changed_units``, ``rolled_back`` / ``rejected_ppl``, ``checkpoint``,
+  ``terminated`` / ``truncated``, ``timings`` (env's plus ``act`` and ``observe``), ``policy``
+  (``policy.record()``) and ``replayed`` (True for steps replayed from ``start_from``);
+* ``{"kind": "restore", ...}``: a search policy went back to a checkpoint (no step, no evaluation);
+* ``{"kind": "direct", ...}``: a :class:`~policies.base.DirectPolicy` changed the model outside the action;
+* ``{"kind": "error", ...}``: a policy (or the env step it asked for) raised; the env was restored to its
+  last checkpoint first, then :class:`EpisodeError` is raised;
+* ``{"kind": "end", ...}``: the :class:`EpisodeResult` without the per-step records.
+
+**Resuming** (``--resume``, issue 6): read the lines with :func:`load_steps` and pass them as
+``start_from``. The runner resets the env with the same seed and replays every recorded ``step`` action and
+``restore`` through the env (checkpoint ids repeat, since they are numbered from 0 in each episode), feeding
+each replayed outcome to ``policy.observe`` so the policy can rebuild its history; then the policy acts on.
+A replayed perplexity that differs from the recorded one is logged (the env is deterministic on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .base import Backtracking, DirectPolicy, EnvView, Policy, Restore, StepOutcome
+
+
+class EpisodeError(RuntimeError):
+    """A policy (or the env step it asked for) failed; the env was restored to ``checkpoint``."""
+
+    def __init__(self, message: str, *, step: int, checkpoint: int | None) -> None:
+        super().__init__(message)
+        self.step, self.checkpoint = step, checkpoint
+
+
+@dataclass
+class EpisodeResult:
+    """What one episode achieved and cost."""
+
+    policy: str
+    dense_ppl: float                  # full evaluation set (final_eval_samples windows)
+    final_ppl: float                  # full evaluation set, at the end
+    ppl_ratio: float                  # final_ppl / dense_ppl
+    reward_ppl: float                 # reward windows, last state
+    global_sparsity: float            # measured zeros over all prunable linears
+    target_sparsity: float
+    sparsity_map: dict[str, float]    # per unit: the env's levels
+    steps: int                        # env steps taken (replayed ones included)
+    rollbacks: int
+    ppl_evaluations: int              # reward-perplexity evaluations: one per env step (+1 for a DirectPolicy)
+    restores: int                     # search backtracks (Restore): free, no evaluation
+    terminated: bool
+    truncated: bool
+    wall_seconds: float               # whole episode, final evaluation included
+    totals: dict[str, float] = field(default_factory=dict)    # sums of numeric policy.record() fields
+    summary: dict[str, Any] = field(default_factory=dict)     # policy.summary(), if the policy has one
+    records: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def as_dict(self, *, with_records: bool = False) -> dict[str, Any]:
+        d = asdict(self)
+        if not with_records:
+            d.pop("records")
+        return d
+
+
+class StepLog:
+    """Appends JSON lines to a file (flushed per line) and keeps them in memory."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.lines: list[dict[str, Any]] = []
+        self._file: TextIO | None = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("w")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.lines.append(record)
+        if self._file is not None:
+            self._file.write(json.dumps(record, default=_jsonable) + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def load_steps(path: str | Path) -> list[dict[str, Any]]:
+    """The lines of a steps JSONL (a torn last line from a crash is skipped)."""
+    lines = []
+    for raw in Path(path).read_text().splitlines():
+        try:
+            lines.append(json.loads(raw))
+        except json.JSONDecodeError:
+            break
+    return lines
+
+
+def run_episode(
+    env: Any,
+    policy: Policy,
+    *,
+    steps_path: str | Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    start_from: Sequence[Mapping[str, Any]] = (),
+    final_eval: bool = True,
+    dense_ppl: float | None = None,
+) -> EpisodeResult:
+    """Run ``policy`` on ``env`` (a PruningEnv, possibly wrapped) for one episode; see the module docstring."""
+    say = log or (lambda _msg: None)
+    t_start = time.perf_counter()
+    raw = env.unwrapped
+    steps_log = StepLog(steps_path)
+    state = _State()
+    try:
+        obs, info = env.reset(seed=seed)
+        state.track(info)
+        if final_eval:
+            state.dense_full = dense_full_ppl(raw) if dense_ppl is None else float(dense_ppl)
+        view = EnvView.of(env)
+        steps_log.write({"kind": "start", "policy": policy.name, "seed": seed, "config": raw.config.as_dict(),
+                         "unit_names": list(view.unit_names), "dense_reward_ppl": raw.dense_ppl,
+                         "checkpoint": info.get("checkpoint"), "time": time.time()})
+        _guard(env, state, steps_log, policy, "reset", lambda: policy.reset(view, obs, info))
+        if start_from:
+            obs, info = _replay(env, policy, start_from, state, steps_log, say)
+        bar = tqdm(total=view.max_steps, initial=state.steps, desc=policy.name, unit="step", disable=not progress)
+        if isinstance(policy, DirectPolicy):
+            _run_direct(env, policy, view, state, steps_log)
+        while not state.done(policy):
+            t0 = time.perf_counter()
+            action = _guard(env, state, steps_log, policy, "act", lambda o=obs, i=info: policy.act(o, i))
+            act_seconds = time.perf_counter() - t0
+            if isinstance(action, Restore):
+                obs, info = _guard(env, state, steps_log, policy, "restore",
+                                   lambda a=action: _restore(env, a, state, steps_log, view.max_steps))
+                if action.final:
+                    break
+                continue
+            action = np.asarray(action)
+            obs, reward, terminated, truncated, info = _guard(env, state, steps_log, policy, "env.step",
+                                                              lambda a=action: env.step(a))
+            outcome = StepOutcome(state.steps + 1, action, float(reward), bool(terminated), bool(truncated), obs, info)
+            t1 = time.perf_counter()
+            _guard(env, state, steps_log, policy, "observe", lambda o=outcome: policy.observe(o))
+            extras = _guard(env, state, steps_log, policy, "record", policy.record) or {}
+            record = _step_record(outcome, extras, {"act": act_seconds, "observe": time.perf_counter() - t1})
+            state.add_step(outcome, record)
+            steps_log.write(record)
+            bar.update(1)
+            bar.set_postfix(ppl=f"{info['ppl']:.2f}", sparsity=f"{info['global_sparsity']:.3f}")
+        bar.close()
+        result = _finish(env, policy, state, t_start, final_eval, say)
+        steps_log.write({"kind": "end", **result.as_dict()})
+        result.records = [line for line in steps_log.lines if line["kind"] in ("step", "direct")]
+        return result
+    finally:
+        steps_log.close()
+
+
+# ------------------------------------------------------------------------------------------------ internals
+
+
+class _State:
+    """What the runner tracks while stepping."""
+
+    def __init__(self) -> None:
+        self.steps = self.rollbacks = self.evaluations = self.restores = 0
+        self.checkpoint: int | None = None
+        self.terminated = self.truncated = False
+        self.direct = False
+        self.dense_full = math.nan
+        self.reward_ppl = math.nan
+        self.sparsity_map: dict[str, float] = {}
+        self.records: list[dict[str, Any]] = []
+
+    def track(self, info: Mapping[str, Any]) -> None:
+        if info.get("checkpoint") is not None:
+            self.checkpoint = int(info["checkpoint"])
+        self.reward_ppl = float(info.get("ppl", self.reward_ppl))
+        self.sparsity_map = dict(info.get("unit_sparsity", self.sparsity_map))
+
+    def add_step(self, outcome: StepOutcome, record: dict[str, Any]) -> None:
+        self.steps += 1
+        self.evaluations += 1
+        self.rollbacks += int(outcome.rolled_back)
+        self.terminated, self.truncated = outcome.terminated, outcome.truncated
+        self.track(outcome.info)
+        self.records.append(record)
+
+    def done(self, policy: Policy) -> bool:
+        if self.direct or self.truncated:
+            return True
+        if self.terminated:
+            return not (isinstance(policy, Backtracking) and policy.wants_more())
+        return False
+
+
+def _guard(env: Any, state: _State, steps_log: StepLog, policy: Policy, where: str, call: Callable[[], Any]) -> Any:
+    """Run ``call``; on any exception restore the last checkpoint, log an error line, raise EpisodeError."""
+    try:
+        return call()
+    except Exception as err:
+        restored, restore_error = state.checkpoint, None
+        if restored is not None:
+            try:
+                env.reset(options={"checkpoint": restored})
+            except Exception as second:  # noqa: BLE001 - reported, the original error is what matters
+                restore_error = repr(second)
+        steps_log.write({"kind": "error", "where": where, "step": state.steps, "error": repr(err),
+                         "traceback": traceback.format_exc(), "restored_checkpoint": restored,
+                         "restore_error": restore_error})
+        note = f"restored to checkpoint {restored}" if restore_error is None else f"restoring failed: {restore_error}"
+        raise EpisodeError(f"policy {policy.name!r} failed in {where} after step {state.steps} "
+                           f"({type(err).__name__}: {err}); env {note}", step=state.steps,
+                           checkpoint=restored) from err
+
+
+def _restore(env: Any, action: Restore, state: _State, steps_log: StepLog,
+             max_restores: int | None = None) -> tuple[dict, dict]:
+    if max_restores is not None and state.restores >= max_restores:
+        raise RuntimeError(f"more than {max_restores} restores (max_steps) in one episode: the policy loops")
+    t0 = time.perf_counter()
+    obs, info = env.reset(options={"checkpoint": action.checkpoint})
+    state.track(info)
+    state.restores += 1
+    if action.final:  # the episode ends on the state the policy chose
+        raw = env.unwrapped
+        state.terminated = raw.global_sparsity_planned >= raw.config.target_sparsity - 1e-9
+    steps_log.write({"kind": "restore", "after_step": state.steps, "checkpoint": action.checkpoint,
+                     "final": action.final, "ppl": info["ppl"], "global_sparsity": info["global_sparsity"],
+                     "seconds": time.perf_counter() - t0})
+    return obs, info
+
+
+def _run_direct(env: Any, policy: DirectPolicy, view: EnvView, state: _State, steps_log: StepLog) -> None:
+    t0 = time.perf_counter()
+    record = _guard(env, state, steps_log, policy, "apply", lambda: policy.apply(view))  # type: ignore[arg-type]
+    state.direct = state.terminated = True
+    state.evaluations += 1
+    state.track(record)  # ppl, unit_sparsity (env levels: 1.0 for removed units), checkpoint
+    raw = env.unwrapped
+    line = {"kind": "direct", "step": 0, **record, "ppl_ratio": record["ppl"] / raw.dense_ppl,
+            "global_sparsity": raw.measured_sparsity(), "timings": {"apply": time.perf_counter() - t0}}
+    state.records.append(line)
+    steps_log.write(line)
+
+
+def _replay(env: Any, policy: Policy, start_from: Iterable[Mapping[str, Any]], state: _State, steps_log: StepLog,
+            say: Callable[[str], None]) -> tuple[dict, dict]:
+    """Re-apply recorded steps and restores (a resume); returns the latest (obs, info)."""
+    obs, info = None, None
+    for line in start_from:
+        if line.get("kind") == "restore":
+            obs, info = _restore(env, Restore(int(line["checkpoint"]), bool(line.get("final", False))), state, steps_log)
+            continue
+        if line.get("kind") != "step":
+            continue
+        action = np.asarray(line["action"], dtype=np.int64)
+        obs, reward, terminated, truncated, info = env.step(action)
+        if "ppl" in line and not math.isclose(info["ppl"], line["ppl"], rel_tol=1e-6):
+            say(f"replayed step {line.get('step')}: ppl {info['ppl']:.4f} differs from the recorded {line['ppl']:.4f}")
+        outcome = StepOutcome(state.steps + 1, action, float(reward), bool(terminated), bool(truncated), obs, info)
+        _guard(env, state, steps_log, policy, "observe", lambda o=outcome: policy.observe(o))
+        record = {**_step_record(outcome, dict(line.get("policy", {})), {}), "replayed": True}
+        state.add_step(outcome, record)
+        steps_log.write(record)
+    if obs is None:  # nothing replayed: the current state, unchanged (restoring 'last' rewrites nothing)
+        obs, info = env.reset(options={"checkpoint": "last"})
+    return obs, info
+
+
+def _step_record(outcome: StepOutcome, extras: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
+    info = outcome.info
+    record = {
+        "kind": "step", "step": outcome.step, "action": outcome.action.tolist(), "reward": outcome.reward,
+        "ppl": info["ppl"], "ppl_ratio": info["ppl_ratio"], "global_sparsity": info["global_sparsity"],
+        "unit_sparsity": info["unit_sparsity"], "changed_units": info.get("changed_units", []),
+        "rolled_back": bool(info.get("rolled_back", False)), "rejected_ppl": info.get("rejected_ppl"),
+        "checkpoint": info.get("checkpoint"), "terminated": outcome.terminated, "truncated": outcome.truncated,
+        "timings": {**info.get("timings", {}), **timings}, "policy": extras,
+    }
+    return record
+
+
+def _finish(env: Any, policy: Policy, state: _State, t_start: float, final_eval: bool,
+            say: Callable[[str], None]) -> EpisodeResult:
+    raw = env.unwrapped
+    dense = state.dense_full if final_eval else raw.dense_ppl
+    final = raw.evaluate_full().ppl if final_eval else state.reward_ppl
+    totals: dict[str, float] = {}
+    for record in state.records:
+        for key, value in record.get("policy", {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                totals[key] = totals.get(key, 0) + value
+    summary = policy.summary() if callable(getattr(policy, "summary", None)) else {}
+    result = EpisodeResult(
+        policy=policy.name, dense_ppl=dense, final_ppl=final, ppl_ratio=final / dense, reward_ppl=state.reward_ppl,
+        global_sparsity=raw.measured_sparsity(), target_sparsity=raw.config.target_sparsity,
+        sparsity_map=state.sparsity_map, steps=state.steps, rollbacks=state.rollbacks,
+        ppl_evaluations=state.evaluations, restores=state.restores, terminated=state.terminated,
+        truncated=state.truncated, wall_seconds=time.perf_counter() - t_start, totals=totals, summary=summary,
+    )
+    say(f"{policy.name}: ppl {final:.2f} (x{result.ppl_ratio:.2f} of dense {dense:.2f}), sparsity "
+        f"{result.global_sparsity:.4f}, {state.steps} steps, {state.rollbacks} rollbacks, {result.wall_seconds:.0f} s")
+    return result
+
+
+def dense_full_ppl(raw: Any) -> float:
+    """Dense perplexity on the ``final_eval_samples`` windows; call it when the model is dense (right after a
+    plain reset). Equal to the env's own dense perplexity when both window sets are the same."""
+    if raw.config.final_eval_samples == raw.config.reward_eval_samples:
+        return float(raw.dense_ppl)
+    return float(raw.evaluate_full().ppl)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    return str(value)
