@@ -11,8 +11,15 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh $(VENV)
 	touch $(STAMP)
 
+# The comparison demo: the LLM agent (local llama.cpp server, SmolLM2-135M-Instruct) against uniform Wanda, OWL
+# and greedy-sensitivity at 50% on SmolLM2-135M, sized for ~10 min on 2 CPU cores; report in runs/demo/report.md.
+DEMO_SIZES := --seqlen 128 --calib-samples 16 --reward-eval-samples 4 --final-eval-samples 16 \
+	--step-size 0.05 --n-levels 7 --max-steps 10 --rollback-threshold 0.25 \
+	--tasks pg_factual_mc_worldcapitals,pg_wiki_ppl --eval-limit 20
+
 demo: setup
-	$(VENV)/bin/prune-gym prune --model smollm2-135m --method sparsegpt --sparsity 0.5
+	$(VENV)/bin/prune-gym compare --policies agent,uniform-wanda,owl,greedy-sensitivity --target 0.5 \
+		--out runs/demo $(DEMO_SIZES)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -291,7 +291,7 @@ def test_pacing_tops_up_the_least_important_units_only_by_the_shortfall():
     mine = np.array([0, 0, 1, 0])  # +0.1 on one unit = 0.025 global: too little
     paced, added = pace_action(mine, o, numel, step_size=0.1, n_levels=3, cap=0.95)
     assert paced[2] == 1  # the agent's own choice is kept
-    assert added == 2 and paced.tolist() == [0, 0, 1, 2]  # wanda+grad: unit 3 (-0.9) is the least important
+    assert added == 2 and paced.tolist() == [0, 1, 1, 1]  # spread: unit 3 (-0.9, least important), then unit 1
     assert planned_gain(paced, o["sparsity"], numel, step_size=0.1, cap=0.95) >= 0.0625
     enough = np.array([2, 2, 0, 0])
     kept, none_added = pace_action(enough, o, numel, step_size=0.1, n_levels=3, cap=0.95)

@@ -3,10 +3,11 @@
 An LLM (a small one especially) may prune far too little per step and end the episode truncated below the
 target, which would make its result incomparable with the baselines (all at the target). Rule: this step
 must add at least ``(target - global) / max(steps_left - reserve, 1)`` global sparsity, ``reserve`` steps
-being kept for rollbacks. If the agent's action adds less, levels are added one at a time to the least
-important units with room under the cap (importance ``wanda_z + grad_z``, as in the fallback), so the agent's
-own choices are kept and only the shortfall is filled. The top-up is recorded (``topped_up_levels``) and
-shown to the agent in its history. ``pace=False`` turns it off (the agent then owns the pace entirely).
+being kept for rollbacks. If the agent's action adds less, levels are added one at a time, in passes over the
+units from the least important (so the top-up is spread, not piled on one unit: big jumps on one unit trigger
+rollbacks), to units with room under the cap (importance ``wanda_z + grad_z``, as in the fallback), so the agent's
+own choices are kept and only the shortfall is filled. The top-up is recorded (``topped_up_levels``); the
+agent's history shows the applied action. ``pace=False`` turns it off (the agent then owns the pace).
 """
 
 from __future__ import annotations
@@ -35,11 +36,14 @@ def pace_action(action: np.ndarray, obs: dict[str, np.ndarray], numel: np.ndarra
     order = sorted(range(len(out)), key=lambda i: (importance[i], sparsity[i], i))
     added = 0
     while planned_gain(out, sparsity, numel, step_size=step_size, cap=cap) < required - 1e-12:
-        for i in order:  # one more level on the least important unit that can take it
+        grew = False
+        for i in order:  # one pass: one more level on each unit that can take it, least important first
             if out[i] < n_levels - 1 and sparsity[i] + (out[i] + 1) * step_size <= cap + 1e-9:
                 out[i] += 1
                 added += 1
-                break
-        else:
+                grew = True
+                if planned_gain(out, sparsity, numel, step_size=step_size, cap=cap) >= required - 1e-12:
+                    break
+        if not grew:
             break  # every unit is at the top level or the cap: nothing more this step
     return out, added
