@@ -159,3 +159,18 @@ def test_bad_flags_get_clear_errors(capsys, argv, message):
     code, _, err = _cli(capsys, *argv)
     assert code == 2
     assert message in err
+
+
+def test_report_flags_a_policy_below_target_and_reports_agent_cost():
+    from policies.app.report import render_report
+
+    row = {"ppl": 40.0, "ppl_ratio": 1.5, "sparsity": 0.40, "steps": 10, "rollbacks": 3, "wall_seconds": 100.0,
+           "tokens": 1234, "retention": {"pg_factual_mc": 0.8}, "totals": {"requests": 11, "fallbacks": 1,
+                                                                          "topped_up_levels": 7, "latency_s": 50.0}}
+    results = {"model": "m", "target": 0.5, "dense": {"ppl": 20.0}, "policies": {
+        "agent": row, "uniform-wanda": {**row, "sparsity": 0.4999, "totals": {}}, "broken": {"error": "boom"}}}
+    text = render_report(results, plots=False)
+    assert "| agent | 40.00 | 1.500 | 0.800 | 0.400 (below target) |" in text
+    assert "| uniform-wanda | 40.00 | 1.500 | 0.800 | 0.500 |" in text  # within half a point: not flagged
+    assert "| broken | failed: boom |" in text
+    assert "agent: 11 requests, 0 answer retries, 1 fallback steps, 7 levels added by pacing" in text

@@ -52,8 +52,11 @@ def results_table(results: Mapping[str, Any]) -> str:
         if row.get("error"):
             lines.append(f"| {name} | failed: {row['error'][:80]} |" + " |" * (len(head) - 2))
             continue
+        sparsity = _fmt(row.get("sparsity"))
+        if row.get("sparsity") is not None and row["sparsity"] < results.get("target", 0) - 0.005:
+            sparsity += " (below target)"
         cells = [name, _fmt(row.get("ppl"), ".2f"), _fmt(row.get("ppl_ratio")),
-                 *[_fmt(row.get("retention", {}).get(t)) for t in tasks], _fmt(row.get("sparsity")),
+                 *[_fmt(row.get("retention", {}).get(t)) for t in tasks], sparsity,
                  _fmt(row.get("steps")), _fmt(row.get("rollbacks")), _fmt(row.get("wall_seconds"), ".0f"),
                  _fmt(row.get("tokens") or None)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -121,11 +124,26 @@ def render_report(results: Mapping[str, Any], *, plots: bool = True) -> str:
         f"{_fmt(dense.get('ppl'), '.2f')}. Retention = pruned score / dense score per task "
         f"({results.get('knowledge_description', 'pg_knowledge tasks')}). Sparsity: measured zeros over all "
         "prunable linears. Steps and rollbacks: env steps taken and steps rejected by AutoRollback.",
+        *agent_notes(results),
     ]
     if plots:
         parts += ["", "## Per-unit sparsity", "", f"![per-unit sparsity]({SPARSITY_PLOT})",
                   "", "## Perplexity over steps", "", f"![perplexity over steps]({TRACE_PLOT})"]
     return "\n".join(parts) + "\n"
+
+
+def agent_notes(results: Mapping[str, Any]) -> list[str]:
+    """One line per LLM policy: requests, fallbacks, pacing top-ups (how much of its pruning was its own)."""
+    lines = []
+    for name, row in results["policies"].items():
+        totals = row.get("totals") or {}
+        if "requests" not in totals:
+            continue
+        lines.append(f"\n{name}: {int(totals.get('requests', 0))} requests, {int(totals.get('answer_retries', 0))} "
+                     f"answer retries, {int(totals.get('fallbacks', 0))} fallback steps, "
+                     f"{int(totals.get('topped_up_levels', 0))} levels added by pacing, "
+                     f"{row.get('tokens', 0)} tokens, {totals.get('latency_s', 0):.0f} s waiting for the LLM.")
+    return lines
 
 
 def write_report(results: Mapping[str, Any], out_dir: str | Path) -> Path:
