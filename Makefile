@@ -12,9 +12,9 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	touch $(STAMP)
 
 # The comparison demo: the LLM agent (local llama.cpp server, SmolLM2-135M-Instruct) against uniform Wanda, OWL
-# and greedy-sensitivity at 50% on SmolLM2-135M, sized for ~10 min on 2 CPU cores; report in runs/demo/report.md.
+# and greedy-sensitivity at 50% on SmolLM2-135M, sized for ~12 min on 2 CPU cores; report in runs/demo/report.md.
 DEMO_SIZES := --seqlen 128 --calib-samples 16 --reward-eval-samples 4 --final-eval-samples 16 \
-	--step-size 0.05 --n-levels 7 --max-steps 10 --rollback-threshold 0.25 \
+	--step-size 0.05 --n-levels 7 --max-steps 16 --rollback-threshold 0.25 \
 	--tasks pg_factual_mc_worldcapitals,pg_wiki_ppl --eval-limit 20
 
 demo: setup

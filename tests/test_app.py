@@ -174,3 +174,29 @@ def test_report_flags_a_policy_below_target_and_reports_agent_cost():
     assert "| uniform-wanda | 40.00 | 1.500 | 0.800 | 0.500 |" in text  # within half a point: not flagged
     assert "| broken | failed: boom |" in text
     assert "agent: 11 requests, 0 answer retries, 1 fallback steps, 7 levels added by pacing" in text
+
+
+DEFAULT_SMALL = {"calib_samples": 8, "reward_eval_samples": 2, "final_eval_samples": 4, "seqlen": 64,
+                 "step_size": 0.05, "n_levels": 7, "gradient_samples": 1}
+
+
+@pytest.mark.slow
+def test_run_and_compare_on_the_default_model(tmp_path, capsys):
+    """The console commands on the packaged SmolLM2: run reaches the target; compare scores and reports."""
+    code, stdout, _ = _cli(capsys, "run", "--policy", "greedy-sensitivity", "--target", "0.5", "--out",
+                           str(tmp_path / "run"), "--json", "--calib-samples", "8", "--reward-eval-samples", "2",
+                           "--final-eval-samples", "4", "--seqlen", "64", "--step-size", "0.05", "--n-levels", "7",
+                           "--no-progress")
+    assert code == 0
+    result = json.loads(stdout)
+    assert abs(result["sparsity"] - 0.5) <= 0.005 and result["ppl"] > result["dense_ppl"]
+
+    config = CompareConfig(policies=["uniform-wanda", "owl"], target=0.5, env=DEFAULT_SMALL,
+                           tasks=["pg_factual_mc_worldcapitals"], eval_limit=10)
+    results = run_compare(config, tmp_path / "compare", progress=False, log=lambda _m: None)
+    dense_acc = results["dense"]["knowledge"]["pg_factual_mc_worldcapitals"]["acc"]
+    assert dense_acc >= 0.7  # SmolLM2 knows its capitals (0.95 on 20 questions); chance is 0.25
+    for row in results["policies"].values():
+        assert abs(row["sparsity"] - 0.5) <= 0.005 and row["ppl_ratio"] > 1.2
+        assert 0 <= row["retention"]["pg_factual_mc_worldcapitals"] <= 1.2
+    assert "| owl |" in (tmp_path / "compare" / "report.md").read_text()
