@@ -40,3 +40,12 @@ def tiny_llm_dir(tmp_path_factory: pytest.TempPathFactory, default_model_dir: Pa
 def tiny_llm4_dir(tmp_path_factory: pytest.TempPathFactory, default_model_dir: Path) -> Path:
     """Like ``tiny_llm_dir`` with 4 blocks, so per-unit profiles and z-scores have some spread."""
     return _tiny_llama_dir(tmp_path_factory.mktemp("tiny-llama4"), default_model_dir, layers=4, seed=1)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: far faster than two on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -23,14 +23,7 @@ from prune_env.pruner import make_spec, prune
 from prune_env.saving import save_pruned
 from prune_env.structure import discover
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: far faster than two on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _load(model_dir: Path) -> tuple[Any, Any]:

@@ -30,13 +30,7 @@ CAPITALS_QA = "pg_factual_qa_worldcapitals"
 LIMIT = 20  # of 189 capitals questions (MC: 3-shot, four choices each; QA: 3-shot)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: far faster than two on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

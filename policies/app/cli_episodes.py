@@ -118,7 +118,7 @@ def add_run_parser(sub) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     if args.resume:
-        metrics = run_policy(RunConfig(policy="uniform-wanda"), args.resume, resume=True,
+        metrics = run_policy(None, args.resume, resume=True,
                              progress=not args.no_progress, log=_log(args), wandb=_wandb(args))
     else:
         if not args.policy:

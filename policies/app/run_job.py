@@ -118,15 +118,16 @@ def _set_aside(path: Path) -> Path | None:
     return target
 
 
+def packed_mask(lin: Any) -> np.ndarray:
+    """``np.packbits`` of ``weight != 0`` over a prunable linear's ``(out, in)`` matrix (1 = kept)."""
+    return np.packbits((lin.weight_matrix() != 0).reshape(-1).cpu().numpy())
+
+
 def save_masks(env: Any, path: Path) -> Path:
     """The final masks, bit-packed (1 = kept) per prunable linear, in safetensors."""
     from safetensors.torch import save_file
 
-    raw = env.unwrapped
-    tensors = {}
-    for lin in raw.structure.linears:
-        kept = (lin.weight_matrix() != 0).reshape(-1).cpu().numpy()
-        tensors[lin.name] = torch.from_numpy(np.packbits(kept))
+    tensors = {lin.name: torch.from_numpy(packed_mask(lin)) for lin in env.unwrapped.structure.linears}
     save_file(tensors, str(path), metadata={"format": "np.packbits of (weight != 0) over the (out, in) matrix"})
     return path
 
@@ -140,7 +141,7 @@ def make_run_policy(config: RunConfig, out: Path) -> Any:
 
 
 def run_policy(
-    config: RunConfig,
+    config: RunConfig | None,
     out_dir: str | Path,
     *,
     env: Any = None,
@@ -151,6 +152,8 @@ def run_policy(
     dense_ppl: float | None = None,
 ) -> dict[str, Any]:
     """Run one episode into ``out_dir`` and return the final metrics (also in ``final.json``).
+
+    ``config`` is None with ``resume=True``: the run's own ``config.json`` is used.
 
     ``env``: an already built env with the same config (``compare`` shares one per kernel); it is reset here.
     ``wandb``: a :class:`policies.app.wandb_log.WandbSettings` to log the run, or None.
@@ -168,6 +171,8 @@ def run_policy(
         start_from = load_steps(old_steps) if old_steps else []
         _set_aside(out / TRANSCRIPT)
         log(f"resuming {out}: replaying {sum(1 for s in start_from if s.get('kind') == 'step')} recorded steps")
+    if config is None:
+        raise ValueError("run_policy needs a RunConfig, or resume=True with the directory of an earlier run")
     config.validate()
     out.mkdir(parents=True, exist_ok=True)
     env_config = config.env_config()
@@ -250,8 +255,7 @@ def rebuild_run_env(run_dir: str | Path, *, progress: bool = True) -> Any:
     env.unwrapped.apply_allocation(json.loads((out / SPARSITY_MAP).read_text()))
     saved = load_file(str(out / MASKS))
     for lin in env.unwrapped.structure.linears:
-        kept = np.packbits((lin.weight_matrix() != 0).reshape(-1).cpu().numpy())
-        if not np.array_equal(kept, saved[lin.name].numpy()):
+        if not np.array_equal(packed_mask(lin), saved[lin.name].numpy()):
             raise RuntimeError(f"rebuilding {out} gave a different mask for {lin.name}; the run's config or the "
                                f"environment (library versions, device) changed since it was made")
     return env
