@@ -30,7 +30,9 @@ def nonzero_quantile(values: torch.Tensor, q: float = WANDA_QUANTILE) -> float:
     if flat.numel() == 0:
         return 0.0
     k = max(1, math.ceil(q * flat.numel()))
-    return float(torch.kthvalue(flat.float().cpu(), k).values)
+    if flat.device.type == "cpu":  # numpy's introselect is ~2x faster than torch.kthvalue on CPU; same entry
+        return float(np.partition(flat.float().numpy(), k - 1)[k - 1])
+    return float(torch.kthvalue(flat.float(), k).values)
 
 
 def wanda_unit_score(weights: Sequence[torch.Tensor], act_norms: Sequence[torch.Tensor], q: float = WANDA_QUANTILE) -> float:

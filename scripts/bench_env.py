@@ -2,17 +2,24 @@
 checkpoint bytes, and peak memory against the model's size.
 
     python scripts/bench_env.py                       # default preset, writes docs/BENCHMARKS.md
-    python scripts/bench_env.py --steps 4 --no-write
+    python scripts/bench_env.py --every 6 --no-write
     python scripts/bench_env.py --shape qwen3-4b      # GPU only: random Qwen3-4B-shaped model
 
-Steps are single-unit actions (one unit raised by one level) on every k-th unit, the same units for both
-modes, so their mean is the average over uniformly random single-unit actions; the gradient profile is off
+Steps are single-unit actions (one unit raised by one level) on every unit (or every k-th, centred), the same
+units for both modes, so their mean is the average over uniformly random single-unit actions; the gradient profile is off
 so that steps measure pruning + cached evaluation. The tail (final norm + LM head + loss over the reward
 windows) and one block are also timed alone, which gives the ratio an exact cache would reach if a step were
-nothing but blocks and tail: ``(tail + mean re-run blocks) / (tail + all blocks)``. Peak memory is the resident set
-(sampled every 5 ms) above what the process held once its libraries (torch, transformers and the model's
-modeling code) were imported and before the model loaded, for set-up and for stepping separately; run it with
-MALLOC_MMAP_THRESHOLD_=65536 so that freed large buffers go back to the OS and the RSS shows live memory.
+nothing but blocks and tail: ``(tail + mean re-run blocks) / (tail + all blocks)``. ``--repeats`` passes each
+time every action with the cache off, then on; step times are medians over the passes of each pass's mean,
+and the ratio is the median of the passes' ratios (the machine's drift hits both modes of a pass alike).
+
+Times are taken in this process with the default allocator. Peak CPU memory is measured in a child process
+(``--memory-only``) run with MALLOC_MMAP_THRESHOLD_=65536, so that freed large buffers go back to the OS and
+the resident set shows live memory; that setting makes every large allocation fault its pages in afresh
+(~40% slower steps here), which is why it is kept away from the timings. The child samples the resident set
+every 5 ms above what it held once its libraries (torch, transformers and the model's modeling code) were
+imported and before the model loaded, during set-up and then during full-re-run steps (cache off and on) and
+rollbacks. On a GPU the peak is ``torch.cuda.max_memory_allocated`` while stepping, in this process.
 Targets (issue #3): cached step <= 0.6x uncached; rollback < 5% of a step; peak memory < 1.5x (dense model
 + cached evaluation activations).
 """
@@ -20,7 +27,10 @@ Targets (issue #3): cached step <= 0.6x uncached; rollback < 5% of a step; peak 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -69,8 +79,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--method", default="wanda")
-    p.add_argument("--every", type=int, default=3, help="time single-unit steps on every k-th unit (k=1: all units)")
+    p.add_argument("--every", type=int, default=1, help="time single-unit steps on every k-th unit (default 1: all units)")
     p.add_argument("--rollbacks", type=int, default=5, help="rollbacks timed (median reported)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="passes over the actions, each timing both modes (medians over passes reported)")
     p.add_argument("--batch-size", type=int, default=4, help="reward windows per forward (bounds the logits' memory)")
     p.add_argument("--reward-eval-samples", type=int, default=8)
     p.add_argument("--calib-samples", type=int, default=32)
@@ -79,6 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shape", default=None, help="qwen3-4b: random Qwen3-4B-shaped model (needs CUDA)")
     p.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)  # the memory child, see above
     return p.parse_args(argv)
 
 
@@ -120,64 +133,128 @@ def time_parts(env: PruningEnv, repeats: int = 3) -> tuple[float, float]:
     return statistics.median(tails), statistics.median(blocks)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if not args.shape:
-        import_model_code(args.model)
-    rss0 = RssSampler.rss()
-    settings = dict(method=args.method, target_sparsity=0.9, step_size=0.05, n_levels=2, max_steps=10_000,
-                    gradient_samples=0, calib_samples=args.calib_samples, reward_eval_samples=args.reward_eval_samples,
-                    final_eval_samples=args.reward_eval_samples, seqlen=args.seqlen, device=args.device,
-                    batch_size=args.batch_size)
+def env_settings(args) -> dict:
+    """PruningEnv keyword arguments shared by the timing run and the memory child."""
+    return dict(method=args.method, target_sparsity=0.9, step_size=0.05, n_levels=2, max_steps=10_000,
+                gradient_samples=0, calib_samples=args.calib_samples, reward_eval_samples=args.reward_eval_samples,
+                final_eval_samples=args.reward_eval_samples, seqlen=args.seqlen, device=args.device,
+                batch_size=args.batch_size)
+
+
+def make_env(args) -> PruningEnv:
     factory = None
     if args.shape:
         if args.shape != "qwen3-4b" or not torch.cuda.is_available():
             raise SystemExit("--shape qwen3-4b needs a CUDA GPU")
         factory = qwen3_4b_factory("cuda")
+    env = PruningEnv(model=args.model if factory is None else "random", model_factory=factory, **env_settings(args))
+    env.reset(seed=0)
+    return env
+
+
+def run_steps(env: PruningEnv, actions: list[np.ndarray], use_cache: bool) -> list[float]:
+    """Seconds of each step (from the initial checkpoint, actions applied in turn) with the cache on or off."""
+    env.config.use_block_cache = use_cache
+    env.reset()
+    return [env.step(action)[4]["timings"]["step"] for action in actions]
+
+
+def run_rollbacks(env: PruningEnv, actions: list[np.ndarray]) -> tuple[list[float], list[int]]:
+    """Seconds of each rollback to the checkpoint before a step, and the bytes each step's checkpoint holds."""
+    env.config.use_block_cache = True
+    env.reset()
+    rollbacks, ckpt_bytes = [], []
+    for action in actions:
+        before = env._last_checkpoint
+        info = env.step(action)[4]
+        ckpt_bytes.append(env.store.nbytes(info["checkpoint"]))
+        t = time.perf_counter()
+        env.reset(options={"checkpoint": before})
+        rollbacks.append(time.perf_counter() - t)
+        env.step(action)  # go on from the restored state (re-runs the stale blocks)
+    return rollbacks, ckpt_bytes
+
+
+def single_unit_actions(env: PruningEnv, every: int) -> list[np.ndarray]:
+    """One action per k-th unit, centred (for 30 units and k = 3: units 1, 4, ..., 28), so the mean re-run
+    depth equals that of a uniformly random unit; k = 1 takes every unit (the exact average)."""
+    L = len(env.unit_names)
+    offset = ((L - 1) % every) // 2
+    return [np.eye(L, dtype=np.int64)[i] for i in range(offset, L, every)]
+
+
+def model_and_cache_bytes(env: PruningEnv) -> tuple[int, int]:
+    return sum(p.numel() * p.element_size() for p in env.model.parameters()), env.cache.nbytes
+
+
+def memory_main(args) -> dict:
+    """Child process: peak resident set above the imported libraries, during set-up and while stepping."""
+    import_model_code(args.model)
+    rss0 = RssSampler.rss()
     with RssSampler() as sampler:
-        t0 = time.perf_counter()
-        env = PruningEnv(model=args.model if factory is None else "random", model_factory=factory, **settings)
-        env.reset(seed=0)
-        setup_seconds = time.perf_counter() - t0
+        env = make_env(args)
         setup_peak, sampler.peak = sampler.peak, 0
-        L = len(env.unit_names)
-        actions = [np.eye(L, dtype=np.int64)[i] for i in range(0, L, args.every)]
+        actions = single_unit_actions(env, args.every)
+        full = [actions[0], actions[-1]]  # unit 0 re-runs every block: the largest transient of a step
+        run_steps(env, full, use_cache=False)
+        run_steps(env, full, use_cache=True)
+        run_rollbacks(env, full)
+    model_bytes, cache_bytes = model_and_cache_bytes(env)
+    return {"setup_peak_bytes": setup_peak - rss0, "peak_bytes": sampler.peak - rss0,
+            "model_bytes": model_bytes, "cache_bytes": cache_bytes}
 
-        def run_steps(use_cache: bool) -> list[float]:
-            env.config.use_block_cache = use_cache
-            env.reset()
-            times = []
-            for action in actions:
-                times.append(env.step(action)[4]["timings"]["step"])
-            return times
 
-        uncached = run_steps(False)
-        cached = run_steps(True)
-        tail_s, block_s = time_parts(env)
-        env.config.use_block_cache = True
-        env.reset()
-        rollbacks, ckpt_bytes = [], []
-        for action in actions[: args.rollbacks]:
-            before = env._last_checkpoint
-            info = env.step(action)[4]
-            ckpt_bytes.append(env.store.nbytes(info["checkpoint"]))
-            t = time.perf_counter()
-            env.reset(options={"checkpoint": before})
-            rollbacks.append(time.perf_counter() - t)
-            env.step(action)  # go on from the restored state (re-runs the stale blocks)
-        model_bytes = sum(p.numel() * p.element_size() for p in env.model.parameters())
-        cache_bytes = env.cache.nbytes
-    peak = sampler.peak - rss0
-    rows = {"setup_peak_bytes": setup_peak - rss0, "steps": len(actions),
-        "model": env.loaded.source, "units": L, "method": args.method, "setup_s": setup_seconds,
-        "step_cached_s": statistics.mean(cached), "step_uncached_s": statistics.mean(uncached),
-        "rollback_s": statistics.median(rollbacks), "checkpoint_bytes_median": statistics.median(ckpt_bytes),
-        "checkpoint_bytes_max": max(ckpt_bytes), "checkpoints_total_bytes": env.store.nbytes(),
-        "model_bytes": model_bytes, "cache_bytes": cache_bytes, "peak_bytes": peak,
-        "dense_source": type(env.dense).__name__, "seqlen": env.tokens.seqlen,
-        "tail_s": tail_s, "block_s": block_s, "blocks": len(env.structure.blocks),
-        "mean_rerun_blocks": statistics.mean(len(env.structure.blocks) - i for i in range(0, L, args.every)),
-    }
+def measure_memory_in_child(argv: list[str]) -> dict:
+    """Run this script with ``--memory-only`` under MALLOC_MMAP_THRESHOLD_=65536; its last stdout line is JSON."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    done = subprocess.run([sys.executable, __file__, *argv, "--memory-only"], env=env, stdout=subprocess.PIPE,
+                          text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def timing_main(args) -> dict:
+    """Step, rollback and part timings in this process (default allocator); GPU peak memory on CUDA."""
+    t0 = time.perf_counter()
+    env = make_env(args)
+    setup_seconds = time.perf_counter() - t0
+    cuda = env.loaded.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    actions = single_unit_actions(env, args.every)
+    passes = []  # (mean uncached step, mean cached step) per pass; the modes alternate within each pass
+    for _ in range(args.repeats):
+        uncached = statistics.mean(run_steps(env, actions, use_cache=False))
+        passes.append((uncached, statistics.mean(run_steps(env, actions, use_cache=True))))
+    tail_s, block_s = time_parts(env)
+    rollbacks, ckpt_bytes = run_rollbacks(env, actions[: args.rollbacks])
+    model_bytes, cache_bytes = model_and_cache_bytes(env)
+    blocks = len(env.structure.blocks)
+    rows = {"steps": len(actions), "model": env.loaded.source, "units": len(env.unit_names), "method": args.method,
+            "setup_s": setup_seconds, "step_cached_s": statistics.median(c for _, c in passes),
+            "step_uncached_s": statistics.median(u for u, _ in passes),
+            "ratios": [c / u for u, c in passes], "rollback_s": statistics.median(rollbacks),
+            "checkpoint_bytes_median": statistics.median(ckpt_bytes), "checkpoint_bytes_max": max(ckpt_bytes),
+            "checkpoints_total_bytes": env.store.nbytes(), "model_bytes": model_bytes, "cache_bytes": cache_bytes,
+            "dense_source": type(env.dense).__name__, "seqlen": env.tokens.seqlen, "tail_s": tail_s,
+            "block_s": block_s, "blocks": blocks,
+            "mean_rerun_blocks": statistics.mean(blocks - int(np.argmax(a)) for a in actions),
+            "memory_kind": "cuda" if cuda else "rss",
+            "units_timed": ", ".join(str(int(np.argmax(a))) for a in actions[:3]) + f", ... every {args.every}"}
+    if cuda:
+        rows["peak_bytes"] = torch.cuda.max_memory_allocated()
+        rows["setup_peak_bytes"] = None
+    return rows
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if args.memory_only:
+        print(json.dumps(memory_main(args)))
+        return 0
+    rows = timing_main(args)
+    if rows["memory_kind"] == "rss":
+        rows.update({k: v for k, v in measure_memory_in_child(argv).items() if k.endswith("peak_bytes")})
     text = render(rows, args)
     print(text)
     if not args.no_write:
@@ -187,17 +264,20 @@ def main(argv=None) -> int:
 
 def render(r: dict, args) -> str:
     mib = 2**20
-    ratio = r["step_cached_s"] / r["step_uncached_s"]
+    ratio = statistics.median(r["ratios"])
+    spread = ", ".join(f"{x:.3f}" for x in r["ratios"])
     rb = r["rollback_s"] / r["step_cached_s"]
     mem = r["peak_bytes"] / (r["model_bytes"] + r["cache_bytes"])
     blocks_total = r["blocks"]
     tail_blocks = r["tail_s"] / r["block_s"]
     bound = (tail_blocks + r["mean_rerun_blocks"]) / (tail_blocks + blocks_total)
     cmd = "python scripts/bench_env.py " + " ".join(sys.argv[1:])
+    peak_label = ("peak GPU memory allocated while stepping" if r["memory_kind"] == "cuda"
+                  else "peak RSS above start while stepping (memory child)")
     return "\n".join([
         f"Model: `{r['model']}` ({r['units']} block units, {args.method}); {args.reward_eval_samples} reward windows of "
-        f"{r['seqlen']} tokens, {args.batch_size} per forward; {r['steps']} single-unit steps per mode (every "
-        f"{args.every}th unit); dense weights: {r['dense_source']}.",
+        f"{r['seqlen']} tokens, {args.batch_size} per forward; {r['steps']} single-unit steps per mode (units "
+        f"{r['units_timed']}), {len(r['ratios'])} passes; dense weights: {r['dense_source']}.",
         "",
         f"Command: `{cmd.strip()}`  ",
         f"Machine: {machine_description()}  ",
@@ -205,15 +285,16 @@ def render(r: dict, args) -> str:
         "",
         "| measure | value | target |",
         "|---|---|---|",
-        f"| step, block cache on (mean) | {r['step_cached_s']:.2f} s | |",
-        f"| step, block cache off (mean) | {r['step_uncached_s']:.2f} s | |",
-        f"| cached / uncached | {ratio:.2f}x | <= 0.6x {'(met)' if ratio <= 0.6 else '(NOT met)'} |",
+        f"| step, block cache on (mean over the actions; median of {len(r['ratios'])} passes) | {r['step_cached_s']:.2f} s | |",
+        f"| step, block cache off (same) | {r['step_uncached_s']:.2f} s | |",
+        f"| cached / uncached (median of the passes' ratios: {spread}) | {ratio:.3f}x | <= 0.6x {'(met)' if ratio <= 0.6 else '(NOT met)'} |",
         f"| rollback (median) | {r['rollback_s'] * 1000:.0f} ms = {rb:.1%} of a cached step | < 5% {'(met)' if rb < 0.05 else '(NOT met)'} |",
         f"| checkpoint bytes per step (median / max) | {r['checkpoint_bytes_median'] / mib:.2f} / {r['checkpoint_bytes_max'] / mib:.2f} MiB | |",
         f"| all checkpoints held at the end | {r['checkpoints_total_bytes'] / mib:.2f} MiB | |",
         f"| dense model / cached activations | {r['model_bytes'] / mib:.0f} / {r['cache_bytes'] / mib:.0f} MiB | |",
-        f"| peak RSS above start while stepping | {r['peak_bytes'] / mib:.0f} MiB = {mem:.2f}x (model + activations) | < 1.5x {'(met)' if mem < 1.5 else '(NOT met)'} |",
-        f"| peak RSS above start during set-up | {r['setup_peak_bytes'] / mib:.0f} MiB | |",
+        f"| {peak_label} | {r['peak_bytes'] / mib:.0f} MiB = {mem:.2f}x (model + activations) | < 1.5x {'(met)' if mem < 1.5 else '(NOT met)'} |",
+        *([f"| peak RSS above start during set-up (memory child) | {r['setup_peak_bytes'] / mib:.0f} MiB | |"]
+          if r.get("setup_peak_bytes") is not None else []),
         f"| env set-up (load, statistics, cache, profiles) | {r['setup_s']:.1f} s | |",
         f"| tail alone (final norm, LM head, loss) / one block | {r['tail_s']:.2f} s / {r['block_s']:.2f} s "
         f"= {r['tail_s'] / r['block_s']:.1f} blocks | |",

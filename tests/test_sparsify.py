@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from prune_env.sparsify import NM, magnitude_sparsify, sparsegpt_sparsify, wanda_sparsify
+from prune_env.sparsify.patterns import smallest_overall, smallest_per_row
 from prune_env.statistics import LayerStatistics, NonFiniteStatisticsError
 
 
@@ -166,3 +167,27 @@ def test_kernels_do_not_modify_their_input():
     wanda_sparsify(weight, st.act_norm, 0.5)
     sparsegpt_sparsify(weight, st.hessian, 0.5)
     assert torch.equal(weight, before)
+
+
+def _argsort_mask(scores: torch.Tensor, count: int) -> torch.Tensor:
+    idx = torch.argsort(scores, dim=-1, stable=True)[..., :count]
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True)
+
+
+@pytest.mark.parametrize("levels", [None, 3, 1])  # continuous scores, heavy ties, all equal
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.5, 0.93, 1.0])
+def test_linear_time_selection_equals_stable_argsort(levels, fraction):
+    g = torch.Generator().manual_seed(7)
+    scores = torch.rand(37, 91, generator=g)
+    if levels is not None:
+        scores = (scores * levels).floor()
+    count = int(91 * fraction)
+    assert torch.equal(smallest_per_row(scores, count), _argsort_mask(scores, count))
+    flat_count = int(scores.numel() * fraction)
+    assert torch.equal(smallest_overall(scores, flat_count), _argsort_mask(scores.reshape(-1), flat_count).view_as(scores))
+
+
+def test_selection_with_nan_scores_prunes_nan_last():
+    scores = torch.tensor([[0.3, float("nan"), 0.1, 0.2], [float("nan"), float("nan"), 0.5, 0.5]])
+    assert torch.equal(smallest_per_row(scores, 3), _argsort_mask(scores, 3))
+    assert not smallest_per_row(scores, 3)[0, 1]

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .patterns import NM, check_ratio
+from .patterns import NM, check_ratio, smallest_overall
 from .result import SparsifyResult
 
 
@@ -95,8 +95,7 @@ def _obs_columns(w: torch.Tensor, hinv: torch.Tensor, sparsity: float, nm: NM | 
         if nm is None and sparsity > 0:
             saliency = (w_block**2 / d.unsqueeze(0) ** 2).reshape(-1)
             count = int(saliency.numel() * sparsity)
-            idx = torch.argsort(saliency, stable=True)[:count]
-            block_mask.view(-1)[idx] = True
+            block_mask = smallest_overall(saliency, count).view_as(block_mask)
 
         for i in range(width):
             if nm is not None and i % nm.m == 0:
