@@ -1,8 +1,9 @@
-"""``python -m harness_tasks path|list|build``: where lm-eval finds the tasks, and what they are.
+"""``python -m harness_tasks path|list|build|clean``: where lm-eval finds the tasks, and what they are.
 
 * ``path``  prints the ``--include_path`` directory (building data and YAMLs there first if needed).
 * ``list``  prints the task and group names (offline ones first).
 * ``build`` builds (if needed) and prints the build directory with its manifest summary.
+* ``clean`` removes every other build directory (older code, packages or text) from the cache.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import json
 import sys
 
-from .build import ensure_built, tasks_dir
+from .build import ensure_built, remove_old_builds, tasks_dir
 from .tasks import LM_EVAL_ONLINE_TASKS, OFFLINE_TASKS, ONLINE_TASKS
 
 
@@ -26,12 +27,15 @@ def _list() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness_tasks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("path", "list", "build"))
+    parser.add_argument("command", choices=("path", "list", "build", "clean"))
     args = parser.parse_args(argv)
     if args.command == "path":
         print(tasks_dir())
     elif args.command == "list":
         print(_list())
+    elif args.command == "clean":
+        removed = remove_old_builds(ensure_built())
+        print(f"removed {len(removed)} old build(s)" + "".join(f"\n  {p}" for p in removed))
     else:
         root = ensure_built()
         manifest = json.loads((root / "manifest.json").read_text())

@@ -5,6 +5,10 @@ covers this builder's code, the versions of the packages the data comes from (Re
 lm-eval) and the packaged Wikipedia text, so any change rebuilds into a fresh directory. A build is
 written to a temporary directory and renamed into place: readers never see half a build, and concurrent
 builders agree on the result (the rows are deterministic).
+
+Old builds (other fingerprints) are removed once unused for ``STALE_AFTER_DAYS``: every
+:func:`ensure_built` touches its manifest, so a build another checkout still uses stays. ``python -m
+harness_tasks clean`` removes every build but the current one at once.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,9 +32,10 @@ from .rows import factual_rows, mmlu_rows, wiki_rows
 from .sources.facts import FACT_SOURCES
 from .sources.wiki import packaged_text
 
-__all__ = ["BUILD_VERSION", "build_dir", "ensure_built", "tasks_dir"]
+__all__ = ["BUILD_VERSION", "build_dir", "ensure_built", "remove_old_builds", "tasks_dir"]
 
 BUILD_VERSION = 1
+STALE_AFTER_DAYS = 14.0
 _CODE_FILES = ("build.py", "configs.py", "rows.py", "normalize.py", "sources/facts.py", "sources/mmlu.py",
                "sources/wiki.py")
 _PACKAGES = ("Red-Trivia", "gensim", "lm_eval")
@@ -133,7 +140,26 @@ def ensure_built() -> Path:
         if final.exists():  # debris of a copy by hand: rebuild cleanly
             shutil.rmtree(final)
         _build(final, wiki_text)
+        remove_old_builds(final, max_age_days=STALE_AFTER_DAYS)
+    else:
+        os.utime(final / "manifest.json")  # in use: keeps it from being removed as stale by another checkout
     return final
+
+
+def remove_old_builds(keep: Path, *, max_age_days: float = 0.0) -> list[Path]:
+    """Delete the ``build-*`` directories next to ``keep`` (not ``keep`` itself) whose manifest was last used
+    more than ``max_age_days`` ago (0: all of them); returns what was removed."""
+    cutoff = time.time() - max_age_days * 86400
+    removed = []
+    for other in sorted(keep.parent.glob("build-*")):
+        if other == keep or not other.is_dir():
+            continue
+        manifest = other / "manifest.json"
+        used = manifest.stat().st_mtime if manifest.is_file() else other.stat().st_mtime
+        if used <= cutoff:
+            shutil.rmtree(other, ignore_errors=True)
+            removed.append(other)
+    return removed
 
 
 def tasks_dir() -> Path:

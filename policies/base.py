@@ -120,6 +120,18 @@ class Backtracking(Protocol):
 
 
 @runtime_checkable
+class Recalling(Protocol):
+    """A policy whose memory of a step includes its own reasoning (the agent's rationale and reflection).
+
+    On a resume the runner replays recorded steps without asking the policy to act; it calls :meth:`recall`
+    with the step's recorded extras (what :meth:`Policy.record` returned then) right before :meth:`Policy.observe`,
+    so the resumed policy remembers why it took each step, not only what happened."""
+
+    def recall(self, extras: dict[str, Any]) -> None:
+        """The recorded extras of the step about to be observed again."""
+
+
+@runtime_checkable
 class DirectPolicy(Protocol):
     """A policy that changes the model outside the per-unit action (e.g. whole-block removal at sparsity 1.0,
     which the env's cap forbids). The runner calls :meth:`apply` once instead of the act/step loop; the

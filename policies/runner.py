@@ -27,6 +27,7 @@ import json
 import math
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from typing import Any, TextIO
 import numpy as np
 from tqdm.auto import tqdm
 
-from .base import Backtracking, DirectPolicy, EnvView, Policy, Restore, StepOutcome
+from .base import Backtracking, DirectPolicy, EnvView, Policy, Recalling, Restore, StepOutcome
 
 
 class EpisodeError(RuntimeError):
@@ -77,11 +78,12 @@ class EpisodeResult:
 
 
 class StepLog:
-    """Appends JSON lines to a file (flushed per line) and keeps them in memory."""
+    """Appends JSON lines to a file (flushed per line), keeps them in memory and hands each to ``listener``."""
 
-    def __init__(self, path: str | Path | None) -> None:
+    def __init__(self, path: str | Path | None, listener: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.path = Path(path) if path is not None else None
         self.lines: list[dict[str, Any]] = []
+        self._listener = listener
         self._file: TextIO | None = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,6 +94,14 @@ class StepLog:
         if self._file is not None:
             self._file.write(json.dumps(record, default=_jsonable) + "\n")
             self._file.flush()
+        if self._listener is not None:  # after the line is on disk
+            try:
+                self._listener(record)
+            except Exception as err:  # noqa: BLE001 - a logging side channel must not end the episode
+                warnings.warn(f"step listener failed ({type(err).__name__}: {err}); it is switched off for the rest "
+                              f"of the episode, and {self.path or 'the in-memory log'} still has every line",
+                              RuntimeWarning, stacklevel=2)
+                self._listener = None
 
     def close(self) -> None:
         if self._file is not None:
@@ -120,12 +130,17 @@ def run_episode(
     start_from: Sequence[Mapping[str, Any]] = (),
     final_eval: bool = True,
     dense_ppl: float | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> EpisodeResult:
-    """Run ``policy`` on ``env`` (a PruningEnv, possibly wrapped) for one episode; see the module docstring."""
+    """Run ``policy`` on ``env`` (a PruningEnv, possibly wrapped) for one episode; see the module docstring.
+
+    ``on_record`` gets every line of the steps log as it is written (start, step, restore, error, end), e.g. to
+    stream steps to W&B while the episode runs.
+    """
     say = log or (lambda _msg: None)
     t_start = time.perf_counter()
     raw = env.unwrapped
-    steps_log = StepLog(steps_path)
+    steps_log = StepLog(steps_path, on_record)
     state = _State()
     try:
         obs, info = env.reset(seed=seed)
@@ -276,8 +291,11 @@ def _replay(env: Any, policy: Policy, start_from: Iterable[Mapping[str, Any]], s
         if "ppl" in line and not math.isclose(info["ppl"], line["ppl"], rel_tol=1e-6):
             say(f"replayed step {line.get('step')}: ppl {info['ppl']:.4f} differs from the recorded {line['ppl']:.4f}")
         outcome = StepOutcome(state.steps + 1, action, float(reward), bool(terminated), bool(truncated), obs, info)
+        extras = dict(line.get("policy", {}))
+        if isinstance(policy, Recalling):
+            _guard(env, state, steps_log, policy, "recall", lambda e=extras: policy.recall(e))
         _guard(env, state, steps_log, policy, "observe", lambda o=outcome: policy.observe(o))
-        record = {**_step_record(outcome, dict(line.get("policy", {})), {}), "replayed": True}
+        record = {**_step_record(outcome, extras, {}), "replayed": True}
         state.add_step(outcome, record)
         steps_log.write(record)
     if obs is None:  # nothing replayed: the current state, unchanged (restoring 'last' rewrites nothing)

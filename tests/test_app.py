@@ -13,7 +13,7 @@ import pytest
 
 from policies.app.cli import main
 from policies.app.compare_job import CompareConfig, run_compare
-from policies.app.run_job import MASKS, RunConfig, rebuild_run_env, run_policy
+from policies.app.run_job import FINAL, MASKS, RunConfig, rebuild_run_env, run_policy
 
 SMALL = ["--calib-samples", "4", "--reward-eval-samples", "2", "--final-eval-samples", "2", "--seqlen", "64",
          "--no-progress"]
@@ -127,6 +127,25 @@ def test_wandb_disabled_and_offline(tiny_llm4_dir, tmp_path):
     runs = list((tmp_path / "offline" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
     assert disabled["ppl"] == offline["ppl"]
+
+
+def test_wandb_streams_steps_while_the_episode_runs(tiny_llm4_dir, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from policies.app import wandb_log
+
+    seen: list[tuple[int, bool]] = []  # (step, whether final.json existed when W&B got it)
+    real = wandb_log.WandbRun.log_step
+
+    def spy(self, record):
+        seen.append((record["step"], (tmp_path / "run" / FINAL).exists()))
+        real(self, record)
+
+    monkeypatch.setattr(wandb_log.WandbRun, "log_step", spy)
+    config = RunConfig(policy="uniform-wanda", model=str(tiny_llm4_dir), target=0.3, env=SMALL_ENV)
+    metrics = run_policy(config, tmp_path / "run", progress=False, log=lambda _m: None,
+                         wandb=wandb_log.WandbSettings(mode="offline"))
+    assert [step for step, _ in seen] == list(range(1, metrics["steps"] + 1))
+    assert not any(finished for _, finished in seen)
 
 
 def test_ray_compare_runs_each_policy_in_its_own_actor(tiny_llm4_dir, tmp_path):

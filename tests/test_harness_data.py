@@ -148,6 +148,23 @@ def test_build_is_cached_and_rebuilt_when_incomplete(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == [root.name]  # no staging debris
 
 
+def test_a_new_build_removes_old_unused_builds_and_clean_removes_the_rest(tmp_path, monkeypatch):
+    import os
+    import time
+
+    monkeypatch.setattr(build, "harness_root", lambda: tmp_path)
+    stale, recent = tmp_path / "build-0000000000000old", tmp_path / "build-000000000recent"
+    for old in (stale, recent):
+        old.mkdir()
+        (old / "manifest.json").write_text("{}")
+    long_ago = time.time() - (build.STALE_AFTER_DAYS + 1) * 86400
+    os.utime(stale / "manifest.json", (long_ago, long_ago))
+    root = build.ensure_built()  # builds the current fingerprint, drops the build unused for too long
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([root.name, recent.name])
+    assert build.remove_old_builds(root) == [recent]  # what `python -m harness_tasks clean` does
+    assert [p.name for p in tmp_path.iterdir()] == [root.name]
+
+
 def test_module_cli_prints_the_include_path():
     out = subprocess.run([sys.executable, "-m", "harness_tasks", "path"], capture_output=True, text=True,
                          check=True).stdout.strip()

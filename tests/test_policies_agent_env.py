@@ -120,3 +120,17 @@ def test_replaying_the_transcript_reproduces_the_run_without_the_endpoint(script
     def bodies(path):
         return [json.dumps(r["request"], sort_keys=True) for r in read_transcript(path) if r["type"] == "request"]
     assert bodies(tmp_path / "again.jsonl") == bodies(scripted_run["transcript"])
+
+
+def test_a_resumed_agent_remembers_its_recorded_reasoning(scripted_run, tiny_llm4_dir, tmp_path):
+    recorded = scripted_run["steps"][:4]
+    env = make_env(tiny_llm4_dir)
+    with ScriptedChatServer([], default=first_unit_with_room) as server:
+        agent = make_agent(env={}, base_url=server.base_url, **AGENT)
+        run_episode(env, agent, steps_path=tmp_path / "steps.jsonl", start_from=recorded, progress=False)
+    original = scripted_run["history"][:4]
+    assert [(h.rationale, h.reflection, h.fallback, h.levels) for h in agent.history[:4]] == \
+        [(h.rationale, h.reflection, h.fallback, h.levels) for h in original]
+    assert agent.history[0].rationale == "late block first" and agent.history[3].fallback
+    # the first prompt after the resume shows the recalled steps as the original run's prompt did
+    assert "fallback" in server.requests[0]["messages"][1]["content"]

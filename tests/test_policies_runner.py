@@ -127,3 +127,23 @@ def test_registry_errors_and_lazy_agent():
     assert out.strip() == "False"  # the agent package is imported only when an agent is made
     with pytest.raises(TypeError):
         make_policy("uniform-wanda", kernel="wanda", nonsense=1)
+
+
+def test_listener_sees_each_line_once_it_is_on_disk_and_a_failing_one_is_switched_off(env, tmp_path):
+    path = tmp_path / "steps.jsonl"
+    seen: list[tuple[str, int]] = []
+
+    def listener(record):
+        seen.append((record["kind"], len(path.read_text().splitlines())))
+
+    result = run_episode(env, make_policy("uniform-wanda"), steps_path=path, progress=False, on_record=listener)
+    assert [kind for kind, _ in seen] == ["start"] + ["step"] * result.steps + ["end"]
+    assert [on_disk for _, on_disk in seen] == list(range(1, len(seen) + 1))
+
+    def broken(record):
+        raise ConnectionError("W&B is down")
+
+    with pytest.warns(RuntimeWarning, match="W&B is down"):
+        again = run_episode(env, make_policy("uniform-wanda"), steps_path=tmp_path / "again.jsonl", progress=False,
+                            on_record=broken)
+    assert again.final_ppl == result.final_ppl

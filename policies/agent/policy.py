@@ -152,6 +152,12 @@ class LLMAgent:
         self._ppl = float(info["ppl"])
         self._current = None
 
+    def recall(self, extras: dict[str, Any]) -> None:
+        """Resume (:class:`policies.base.Recalling`): the next observed step was decided with these extras."""
+        self._current = StepRecord(step=len(self.history) + 1, rationale=str(extras.get("rationale") or ""),
+                                   reflection=str(extras.get("reflection") or ""),
+                                   fallback=bool(extras.get("fallback", False)))
+
     def record(self) -> dict[str, Any]:
         """The last decision: rationale, reflection, tokens, requests, retries, errors, fallback, latency."""
         return dict(self._last)

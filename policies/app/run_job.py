@@ -20,6 +20,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
@@ -184,18 +185,22 @@ def run_policy(
     owns_env = env is None
     env = env if env is not None else build_env(config, progress=progress)
     policy = make_run_policy(config, out)
-    try:
-        result: EpisodeResult = run_episode(env, policy, steps_path=out / STEPS, seed=config.seed, progress=progress,
-                                            log=log, start_from=start_from, dense_ppl=dense_ppl)
-    finally:
-        close = getattr(policy, "close", None)
-        if callable(close):
-            close()
-    save_masks(env, out / MASKS)
-    (out / SPARSITY_MAP).write_text(json.dumps(result.sparsity_map, indent=2))
-    metrics = final_metrics(result, out)
-    if wandb is not None:
-        _log_wandb(wandb, config, env_config, result, metrics, out)
+    with ExitStack() as stack:
+        run = stack.enter_context(_wandb_run(wandb, config, env_config, out)) if wandb is not None else None
+        try:
+            result: EpisodeResult = run_episode(
+                env, policy, steps_path=out / STEPS, seed=config.seed, progress=progress, log=log,
+                start_from=start_from, dense_ppl=dense_ppl,
+                on_record=(lambda r: run.log_step(r) if r.get("kind") == "step" else None) if run else None)
+        finally:
+            close = getattr(policy, "close", None)
+            if callable(close):
+                close()
+        save_masks(env, out / MASKS)
+        (out / SPARSITY_MAP).write_text(json.dumps(result.sparsity_map, indent=2))
+        metrics = final_metrics(result, out)
+        if run is not None:
+            _log_wandb_final(run, config, metrics, out)
     (out / FINAL).write_text(json.dumps(metrics, indent=2, default=str))
     log(f"{config.policy}: perplexity {metrics['ppl']:.3f} (dense {metrics['dense_ppl']:.3f}, "
         f"x{metrics['ppl_ratio']:.3f}), sparsity {metrics['sparsity']:.4f}, {metrics['steps']} steps, "
@@ -221,23 +226,25 @@ def final_metrics(result: EpisodeResult, out: Path) -> dict[str, Any]:
     }
 
 
-def _log_wandb(settings: Any, config: RunConfig, env_config: PruningEnvConfig, result: EpisodeResult,
-               metrics: dict[str, Any], out: Path) -> None:
+def _wandb_run(settings: Any, config: RunConfig, env_config: PruningEnvConfig, out: Path) -> Any:
+    """The W&B run of one policy episode (opened before the first step, so steps stream live)."""
     from dataclasses import replace
 
-    from .report import plot_ppl_over_steps, plot_unit_sparsity
     from .wandb_log import WandbRun
+
+    settings = replace(settings, name=settings.name or f"{config.policy}-{out.name}", dir=settings.dir or str(out))
+    return WandbRun(settings, {"run": asdict(config), "env": env_config.as_dict()})
+
+
+def _log_wandb_final(run: Any, config: RunConfig, metrics: dict[str, Any], out: Path) -> None:
+    """Final metrics, the step table, the two plots and the masks artifact."""
+    from .report import plot_ppl_over_steps, plot_unit_sparsity
 
     single = {"model": config.model, "target": config.target, "policies": {config.policy: metrics}}
     plots = {"unit_sparsity": plot_unit_sparsity(single, out / "unit_sparsity.png"),
              "ppl_over_steps": plot_ppl_over_steps(single, out / "ppl_over_steps.png")}
-    settings = replace(settings, name=settings.name or f"{config.policy}-{out.name}", dir=settings.dir or str(out))
-    with WandbRun(settings, {"run": asdict(config), "env": env_config.as_dict()}) as run:
-        for record in result.records:
-            if record.get("kind") == "step":
-                run.log_step(record)
-        run.log_final({k: v for k, v in metrics.items() if k not in ("trace", "sparsity_map", "totals")},
-                      plots=plots, masks=out / MASKS)
+    run.log_final({k: v for k, v in metrics.items() if k not in ("trace", "sparsity_map", "totals")},
+                  plots=plots, masks=out / MASKS)
 
 
 def rebuild_run_env(run_dir: str | Path, *, progress: bool = True) -> Any:
