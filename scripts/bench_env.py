@@ -194,8 +194,8 @@ def memory_main(args) -> dict:
     with RssSampler() as sampler:
         env = make_env(args)
         setup_peak, sampler.peak = sampler.peak, 0
-        actions = single_unit_actions(env, args.every)
-        full = [actions[0], actions[-1]]  # unit 0 re-runs every block: the largest transient of a step
+        every_unit = single_unit_actions(env, 1)
+        full = [every_unit[0], every_unit[-1]]  # unit 0 re-runs every block: the largest transient of a step
         run_steps(env, full, use_cache=False)
         run_steps(env, full, use_cache=True)
         run_rollbacks(env, full)

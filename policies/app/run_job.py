@@ -191,7 +191,7 @@ def run_policy(
             result: EpisodeResult = run_episode(
                 env, policy, steps_path=out / STEPS, seed=config.seed, progress=progress, log=log,
                 start_from=start_from, dense_ppl=dense_ppl,
-                on_record=(lambda r: run.log_step(r) if r.get("kind") == "step" else None) if run else None)
+                on_record=run.log_record if run else None)
         finally:
             close = getattr(policy, "close", None)
             if callable(close):

@@ -65,6 +65,12 @@ class WandbRun:
         if self.run is not None:
             self.run.finish(exit_code=1 if exc[0] else 0)
 
+    def log_record(self, record: Mapping[str, Any]) -> None:
+        """A line of the runner's steps log as it is written (``run_episode(on_record=...)``): steps are logged,
+        the other kinds (start, restore, error, end) are not metrics."""
+        if record.get("kind") == "step":
+            self.log_step(record)
+
     def log_step(self, record: Mapping[str, Any]) -> None:
         """One env step (a ``kind == "step"`` line of the runner's JSONL)."""
         metrics = {k: record[k] for k in ("ppl", "ppl_ratio", "global_sparsity", "reward") if k in record}

@@ -91,10 +91,7 @@ def smallest_nm(scores: torch.Tensor, nm: NM) -> torch.Tensor:
     rows, cols = scores.shape
     nm.check_columns(cols)
     groups = scores.reshape(rows, cols // nm.m, nm.m)
-    idx = torch.argsort(groups, dim=2, stable=True)[:, :, : nm.m - nm.n]
-    mask = torch.zeros_like(groups, dtype=torch.bool)
-    mask.scatter_(2, idx, True)
-    return mask.reshape(rows, cols)
+    return smallest_along_last(groups, nm.m - nm.n).reshape(rows, cols)
 
 
 def select(scores: torch.Tensor, sparsity: float, nm: NM | None, *, per_row: bool) -> torch.Tensor:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .patterns import NM, check_ratio, smallest_overall
+from .patterns import NM, check_ratio, smallest_along_last, smallest_overall
 from .result import SparsifyResult
 
 
@@ -93,15 +93,13 @@ def _obs_columns(w: torch.Tensor, hinv: torch.Tensor, sparsity: float, nm: NM | 
         err_block = torch.zeros_like(w_block)
         block_mask = torch.zeros(w_block.shape, dtype=torch.bool, device=w.device)
         if nm is None and sparsity > 0:
-            saliency = (w_block**2 / d.unsqueeze(0) ** 2).reshape(-1)
-            count = int(saliency.numel() * sparsity)
-            block_mask = smallest_overall(saliency, count).view_as(block_mask)
+            saliency = w_block**2 / d.unsqueeze(0) ** 2
+            block_mask = smallest_overall(saliency, int(saliency.numel() * sparsity))
 
         for i in range(width):
             if nm is not None and i % nm.m == 0:
                 group = w_block[:, i : i + nm.m] ** 2 / d[i : i + nm.m].unsqueeze(0) ** 2
-                idx = torch.argsort(group, dim=1, stable=True)[:, : nm.m - nm.n]
-                block_mask[:, i : i + nm.m].scatter_(1, idx, True)
+                block_mask[:, i : i + nm.m] = smallest_along_last(group, nm.m - nm.n)
             col = w_block[:, i]
             pruned_col = col.masked_fill(block_mask[:, i], 0.0)
             err = (col - pruned_col) / hinv_block[i, i]
