@@ -11,14 +11,16 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh $(VENV)
 	touch $(STAMP)
 
-# The comparison demo: the LLM agent (local llama.cpp server, SmolLM2-135M-Instruct) against uniform Wanda, OWL
-# and greedy-sensitivity at 50% on SmolLM2-135M, sized for ~12 min on 2 CPU cores; report in runs/demo/report.md.
+# The comparison demo: the LLM agent (local llama.cpp server, SmolLM2-135M-Instruct) against uniform Wanda, OWL,
+# greedy-sensitivity and random-search on the agent's budget (its validation tokens) at 50% on SmolLM2-135M; every
+# final model finalized with sequential calibration, scored on test windows and the out-of-domain text; report in
+# runs/demo/report.md. Sized for ~12 min on 2 CPU cores before random-search and finalization (see README).
 DEMO_SIZES := --seqlen 128 --calib-samples 16 --reward-eval-samples 4 --final-eval-samples 16 \
 	--step-size 0.05 --n-levels 7 --max-steps 16 --rollback-threshold 0.25 \
 	--tasks pg_factual_mc_worldcapitals,pg_wiki_ppl --eval-limit 20
 
 demo: setup
-	$(VENV)/bin/prune-gym compare --policies agent,uniform-wanda,owl,greedy-sensitivity --target 0.5 \
+	$(VENV)/bin/prune-gym compare --policies agent,uniform-wanda,owl,greedy-sensitivity,random-search --target 0.5 \
 		--out runs/demo $(DEMO_SIZES)
 
 lint: setup

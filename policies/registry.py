@@ -24,6 +24,8 @@ class PolicySpec:
     options: tuple[tuple[str, Any], ...] = ()
     description: str = ""
     uses_rollback: bool = False  # runs under AutoRollback (the agent's loop); fixed-plan baselines run without it
+    is_search: bool = False      # a budgeted search: takes ``budget_tokens`` (validation tokens), which compare sets
+                                 # to what the agent of the same comparison evaluated
 
     def load(self) -> Callable[..., Policy]:
         module, _, attr = self.factory.partition(":")
@@ -44,22 +46,39 @@ def _owl(kernel: str) -> PolicySpec:
                       f"OWL outlier-weighted allocation (M=5, lambda=0.08) with {kernel}")
 
 
+def _dlp(kernel: str) -> PolicySpec:
+    return PolicySpec("policies.baselines.dlp:DlpPolicy", kernel, (("kernel", kernel),),
+                      f"DLP allocation by mean Wanda score (alpha 0.04/0.10/0.15 at 50/60/70%) with {kernel}")
+
+
+def _alphapruning(kernel: str) -> PolicySpec:
+    return PolicySpec("policies.baselines.alphapruning:AlphaPruningPolicy", kernel, (("kernel", kernel),),
+                      f"AlphaPruning allocation by ESD power-law alpha (Hill) with {kernel}")
+
+
 POLICIES: MappingProxyType[str, PolicySpec] = MappingProxyType({
     "uniform-magnitude": _uniform("magnitude"),
     "uniform-wanda": _uniform("wanda"),
     "uniform-sparsegpt": _uniform("sparsegpt"),
     "owl-wanda": _owl("wanda"),
     "owl-sparsegpt": _owl("sparsegpt"),
+    "dlp-wanda": _dlp("wanda"),
+    "dlp-sparsegpt": _dlp("sparsegpt"),
+    "alphapruning-magnitude": _alphapruning("magnitude"),
+    "alphapruning-wanda": _alphapruning("wanda"),
+    "alphapruning-sparsegpt": _alphapruning("sparsegpt"),
     "greedy-sensitivity": PolicySpec("policies.baselines.greedy:GreedySensitivityPolicy",
                                      description="each step prunes the least sensitive units by the z-scores"),
     "random-search": PolicySpec("policies.baselines.random_search:RandomSearchPolicy",
-                                description="evolutionary search over allocations with a budget of evaluations"),
+                                description="evolutionary search over allocations with a budget of evaluations",
+                                is_search=True),
     "structured": PolicySpec("policies.baselines.structured:StructuredPolicy",
                              description="ShortGPT: remove the decoder blocks of lowest influence"),
     "agent": PolicySpec("policies.agent:make_agent", description="the LLM agent (policies/agent)",
                         uses_rollback=True),
 })
-ALIASES = MappingProxyType({"owl": "owl-wanda", "greedy": "greedy-sensitivity"})
+ALIASES = MappingProxyType({"owl": "owl-wanda", "greedy": "greedy-sensitivity", "dlp": "dlp-wanda",
+                            "alphapruning": "alphapruning-wanda"})
 
 
 def spec(name: str) -> PolicySpec:
@@ -74,6 +93,11 @@ def spec(name: str) -> PolicySpec:
 def required_method(name: str) -> str | None:
     """The env ``method`` the policy must run on (its kernel), or None when any method works."""
     return spec(name).required_method
+
+
+def is_search(name: str) -> bool:
+    """Whether ``name`` is a budgeted search (its ``budget_tokens`` option is matched to the agent's)."""
+    return spec(name).is_search
 
 
 def make_policy(name: str, **options: Any) -> Policy:

@@ -12,7 +12,13 @@ crash loses nothing that happened before it:
 * ``{"kind": "direct", ...}``: a :class:`~policies.base.DirectPolicy` changed the model outside the action;
 * ``{"kind": "error", ...}``: a policy (or the env step it asked for) raised; the env was restored to its
   last checkpoint first, then :class:`EpisodeError` is raised;
+* ``{"kind": "finalize", ...}``: the final weights were re-made (``finalize=``, e.g. sequential calibration);
 * ``{"kind": "end", ...}``: the :class:`EpisodeResult` without the per-step records.
+
+Every episode is accounted in validation work: ``evaluations`` and ``tokens_evaluated`` are the differences
+of the env's counters between the start and the end of the episode (rejected steps and ``apply_allocation``
+included), so a search can be given exactly the budget an agent used. ``max_steps`` truncates an episode,
+except for a search (:class:`~policies.base.Backtracking`) that still wants more: its budget bounds it.
 
 **Resuming** (``--resume``, issue 6): read the lines with :func:`load_steps` and pass them as
 ``start_from``. The runner resets the env with the same seed and replays every recorded ``step`` action and
@@ -52,20 +58,26 @@ class EpisodeResult:
     """What one episode achieved and cost."""
 
     policy: str
-    dense_ppl: float                  # full evaluation set (final_eval_samples windows)
-    final_ppl: float                  # full evaluation set, at the end
+    dense_ppl: float                  # test windows (final_eval_samples), dense model
+    final_ppl: float                  # test windows, at the end (after finalization, if any)
     ppl_ratio: float                  # final_ppl / dense_ppl
-    reward_ppl: float                 # reward windows, last state
-    global_sparsity: float            # measured zeros over all prunable linears
+    reward_ppl: float                 # validation (reward) windows, the last state the policy saw
+    global_sparsity: float            # measured zeros over all prunable linears (after finalization)
     target_sparsity: float
     sparsity_map: dict[str, float]    # per unit: the env's levels
     steps: int                        # env steps taken (replayed ones included)
     rollbacks: int
-    ppl_evaluations: int              # reward-perplexity evaluations: one per env step (+1 for a DirectPolicy)
+    evaluations: int                  # validation evaluations: every env step (rejected ones included), every
+                                      # apply_allocation (a DirectPolicy's), from the env's counters
+    tokens_evaluated: int             # validation tokens those evaluations ran (the budget unit of searches)
     restores: int                     # search backtracks (Restore): free, no evaluation
     terminated: bool
     truncated: bool
     wall_seconds: float               # whole episode, final evaluation included
+    ood_ppl: float | None = None      # out-of-domain text at the end (None: the env has no ood text)
+    dense_ood_ppl: float | None = None
+    finalize: str = "none"            # how the final weights were made: none (the env's own) or sequential
+    finalize_seconds: float = 0.0
     totals: dict[str, float] = field(default_factory=dict)    # sums of numeric policy.record() fields
     summary: dict[str, Any] = field(default_factory=dict)     # policy.summary(), if the policy has one
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)
@@ -130,12 +142,20 @@ def run_episode(
     start_from: Sequence[Mapping[str, Any]] = (),
     final_eval: bool = True,
     dense_ppl: float | None = None,
+    dense_ood_ppl: float | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    finalize: Callable[[Any], Mapping[str, Any]] | None = None,
 ) -> EpisodeResult:
     """Run ``policy`` on ``env`` (a PruningEnv, possibly wrapped) for one episode; see the module docstring.
 
     ``on_record`` gets every line of the steps log as it is written (start, step, restore, error, end), e.g. to
     stream steps to W&B while the episode runs.
+
+    ``finalize(env)`` (e.g. ``lambda e: finalize_allocation(e, "sequential")``) re-makes the final weights after
+    the last step and before the test and out-of-domain evaluations; it returns ``{"finalize": name, "seconds":
+    s}``. A failing finalization restores the last checkpoint and raises :class:`EpisodeError` like a failing
+    policy. ``dense_ppl`` / ``dense_ood_ppl``: the dense test / ood perplexities when the caller has them
+    (``compare`` measures them once), else they are measured right after the reset.
     """
     say = log or (lambda _msg: None)
     t_start = time.perf_counter()
@@ -147,6 +167,8 @@ def run_episode(
         state.track(info)
         if final_eval:
             state.dense_full = dense_full_ppl(raw) if dense_ppl is None else float(dense_ppl)
+            state.dense_ood = dense_ood(raw) if dense_ood_ppl is None else float(dense_ood_ppl)
+        state.counters_at_start = eval_counters(raw)
         view = EnvView.of(env)
         steps_log.write({"kind": "start", "policy": policy.name, "seed": seed, "config": raw.config.as_dict(),
                          "unit_names": list(view.unit_names), "dense_reward_ppl": raw.dense_ppl,
@@ -163,23 +185,28 @@ def run_episode(
             act_seconds = time.perf_counter() - t0
             if isinstance(action, Restore):
                 obs, info = _guard(env, state, steps_log, policy, "restore",
-                                   lambda a=action: _restore(env, a, state, steps_log, view.max_steps))
+                                   lambda a=action: _restore(env, a, state, steps_log, check_loop=True))
                 if action.final:
                     break
                 continue
             action = np.asarray(action)
             obs, reward, terminated, truncated, info = _guard(env, state, steps_log, policy, "env.step",
                                                               lambda a=action: env.step(a))
+            env_timings = step_timings(raw, info)
             outcome = StepOutcome(state.steps + 1, action, float(reward), bool(terminated), bool(truncated), obs, info)
             t1 = time.perf_counter()
             _guard(env, state, steps_log, policy, "observe", lambda o=outcome: policy.observe(o))
             extras = _guard(env, state, steps_log, policy, "record", policy.record) or {}
-            record = _step_record(outcome, extras, {"act": act_seconds, "observe": time.perf_counter() - t1})
+            record = _step_record(outcome, extras, {**env_timings, "act": act_seconds,
+                                                    "observe": time.perf_counter() - t1})
             state.add_step(outcome, record)
             steps_log.write(record)
             bar.update(1)
             bar.set_postfix(ppl=f"{info['ppl']:.2f}", sparsity=f"{info['global_sparsity']:.3f}")
         bar.close()
+        if finalize is not None:
+            done = _guard(env, state, steps_log, policy, "finalize", lambda: _finalize(env, finalize, state))
+            steps_log.write({"kind": "finalize", **done})
         result = _finish(env, policy, state, t_start, final_eval, say)
         steps_log.write({"kind": "end", **result.as_dict()})
         result.records = [line for line in steps_log.lines if line["kind"] in ("step", "direct")]
@@ -196,10 +223,16 @@ class _State:
 
     def __init__(self) -> None:
         self.steps = self.rollbacks = self.evaluations = self.restores = 0
+        self.restores_in_a_row = 0
         self.checkpoint: int | None = None
         self.terminated = self.truncated = False
         self.direct = False
         self.dense_full = math.nan
+        self.dense_ood: float | None = None
+        self.counters_at_start: tuple[int, int] | None = None
+        self.counters_at_end: tuple[int, int] | None = None
+        self.finalize = "none"
+        self.finalize_seconds = 0.0
         self.reward_ppl = math.nan
         self.sparsity_map: dict[str, float] = {}
         self.records: list[dict[str, Any]] = []
@@ -213,15 +246,19 @@ class _State:
     def add_step(self, outcome: StepOutcome, record: dict[str, Any]) -> None:
         self.steps += 1
         self.evaluations += 1
+        self.restores_in_a_row = 0
         self.rollbacks += int(outcome.rolled_back)
         self.terminated, self.truncated = outcome.terminated, outcome.truncated
         self.track(outcome.info)
         self.records.append(record)
 
     def done(self, policy: Policy) -> bool:
-        if self.direct or self.truncated:
+        """After a DirectPolicy's change; after a step that reached the target or hit ``max_steps``, unless
+        the policy is a search that wants more (a search's budget, not ``max_steps``, bounds its evaluations;
+        ``max_steps`` truncates the agent's episode)."""
+        if self.direct:
             return True
-        if self.terminated:
+        if self.terminated or self.truncated:
             return not (isinstance(policy, Backtracking) and policy.wants_more())
         return False
 
@@ -246,14 +283,18 @@ def _guard(env: Any, state: _State, steps_log: StepLog, policy: Policy, where: s
                            checkpoint=restored) from err
 
 
-def _restore(env: Any, action: Restore, state: _State, steps_log: StepLog,
-             max_restores: int | None = None) -> tuple[dict, dict]:
-    if max_restores is not None and state.restores >= max_restores:
-        raise RuntimeError(f"more than {max_restores} restores (max_steps) in one episode: the policy loops")
+MAX_RESTORES_IN_A_ROW = 2  # a search restores its base, or its best at the end; more without a step is a loop
+
+
+def _restore(env: Any, action: Restore, state: _State, steps_log: StepLog, *,
+             check_loop: bool = False) -> tuple[dict, dict]:
+    if check_loop and state.restores_in_a_row >= MAX_RESTORES_IN_A_ROW:
+        raise RuntimeError(f"{state.restores_in_a_row + 1} restores in a row without an env step: the policy loops")
     t0 = time.perf_counter()
     obs, info = env.reset(options={"checkpoint": action.checkpoint})
     state.track(info)
     state.restores += 1
+    state.restores_in_a_row += 1
     if action.final:  # the episode ends on the state the policy chose
         raw = env.unwrapped
         state.terminated = raw.global_sparsity_planned >= raw.config.target_sparsity - 1e-9
@@ -295,12 +336,21 @@ def _replay(env: Any, policy: Policy, start_from: Iterable[Mapping[str, Any]], s
         if isinstance(policy, Recalling):
             _guard(env, state, steps_log, policy, "recall", lambda e=extras: policy.recall(e))
         _guard(env, state, steps_log, policy, "observe", lambda o=outcome: policy.observe(o))
-        record = {**_step_record(outcome, extras, {}), "replayed": True}
+        record = {**_step_record(outcome, extras, step_timings(env.unwrapped, info)), "replayed": True}
         state.add_step(outcome, record)
         steps_log.write(record)
     if obs is None:  # nothing replayed: the current state, unchanged (restoring 'last' rewrites nothing)
         obs, info = env.reset(options={"checkpoint": "last"})
     return obs, info
+
+
+def step_timings(raw: Any, info: Mapping[str, Any]) -> dict[str, float]:
+    """The env's timings of the step just taken: ``info["timings"]`` when the env puts them there
+    (``info_timings=True``), else ``env.last_timings``."""
+    timings = info.get("timings")
+    if timings is None:
+        timings = getattr(raw, "last_timings", None) or {}
+    return dict(timings)
 
 
 def _step_record(outcome: StepOutcome, extras: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
@@ -311,16 +361,27 @@ def _step_record(outcome: StepOutcome, extras: dict[str, Any], timings: dict[str
         "unit_sparsity": info["unit_sparsity"], "changed_units": info.get("changed_units", []),
         "rolled_back": bool(info.get("rolled_back", False)), "rejected_ppl": info.get("rejected_ppl"),
         "checkpoint": info.get("checkpoint"), "terminated": outcome.terminated, "truncated": outcome.truncated,
-        "timings": {**info.get("timings", {}), **timings}, "policy": extras,
+        "timings": timings, "policy": extras,
     }
     return record
+
+
+def _finalize(env: Any, finalize: Callable[[Any], Mapping[str, Any]], state: _State) -> dict[str, Any]:
+    """Counters are read first (finalization is no validation evaluation of the policy), then ``finalize``."""
+    state.counters_at_end = eval_counters(env.unwrapped)
+    done = dict(finalize(env))
+    state.finalize = str(done.get("finalize", "none"))
+    state.finalize_seconds = float(done.get("seconds", 0.0))
+    return done
 
 
 def _finish(env: Any, policy: Policy, state: _State, t_start: float, final_eval: bool,
             say: Callable[[str], None]) -> EpisodeResult:
     raw = env.unwrapped
+    evaluations, tokens_evaluated = _evaluated(raw, state)
     dense = state.dense_full if final_eval else raw.dense_ppl
     final = raw.evaluate_full().ppl if final_eval else state.reward_ppl
+    ood = evaluate_ood(raw) if final_eval else None
     totals: dict[str, float] = {}
     for record in state.records:
         for key, value in record.get("policy", {}).items():
@@ -330,20 +391,51 @@ def _finish(env: Any, policy: Policy, state: _State, t_start: float, final_eval:
     result = EpisodeResult(
         policy=policy.name, dense_ppl=dense, final_ppl=final, ppl_ratio=final / dense, reward_ppl=state.reward_ppl,
         global_sparsity=raw.measured_sparsity(), target_sparsity=raw.config.target_sparsity,
-        sparsity_map=state.sparsity_map, steps=state.steps, rollbacks=state.rollbacks,
-        ppl_evaluations=state.evaluations, restores=state.restores, terminated=state.terminated,
-        truncated=state.truncated, wall_seconds=time.perf_counter() - t_start, totals=totals, summary=summary,
+        sparsity_map=state.sparsity_map, steps=state.steps, rollbacks=state.rollbacks, evaluations=evaluations,
+        tokens_evaluated=tokens_evaluated, restores=state.restores, terminated=state.terminated,
+        truncated=state.truncated, wall_seconds=time.perf_counter() - t_start, ood_ppl=ood,
+        dense_ood_ppl=state.dense_ood if final_eval else None, finalize=state.finalize,
+        finalize_seconds=state.finalize_seconds, totals=totals, summary=summary,
     )
-    say(f"{policy.name}: ppl {final:.2f} (x{result.ppl_ratio:.2f} of dense {dense:.2f}), sparsity "
-        f"{result.global_sparsity:.4f}, {state.steps} steps, {state.rollbacks} rollbacks, {result.wall_seconds:.0f} s")
+    say(f"{policy.name}: ppl {final:.2f} (x{result.ppl_ratio:.2f} of dense {dense:.2f}; finalize {state.finalize}), "
+        f"sparsity {result.global_sparsity:.4f}, {state.steps} steps, {state.rollbacks} rollbacks, {evaluations} "
+        f"evaluations ({tokens_evaluated} validation tokens), {result.wall_seconds:.0f} s")
     return result
 
 
+def eval_counters(raw: Any) -> tuple[int, int] | None:
+    """The env's cumulative ``(evaluations, tokens_evaluated)`` of validation windows, None for an env without
+    them."""
+    evaluations, tokens = getattr(raw, "evaluations", None), getattr(raw, "tokens_evaluated", None)
+    if evaluations is None or tokens is None:
+        return None
+    return int(evaluations), int(tokens)
+
+
+def _evaluated(raw: Any, state: _State) -> tuple[int, int]:
+    """Validation evaluations and tokens of this episode: the env counters' difference between the start and
+    the end of the episode (before finalization and the test evaluations)."""
+    end = state.counters_at_end or eval_counters(raw)
+    start = state.counters_at_start
+    if start is None or end is None:  # an env without counters: one evaluation per step, tokens unknown (0)
+        return state.evaluations, 0
+    return end[0] - start[0], end[1] - start[1]
+
+
+def evaluate_ood(raw: Any) -> float | None:
+    """Perplexity on the env's out-of-domain text, None when the env has none."""
+    method = getattr(raw, "evaluate_ood", None)
+    result = method() if callable(method) else None
+    return None if result is None else float(result.ppl)
+
+
+def dense_ood(raw: Any) -> float | None:
+    """The dense model's out-of-domain perplexity (call it right after a plain reset)."""
+    return evaluate_ood(raw)
+
+
 def dense_full_ppl(raw: Any) -> float:
-    """Dense perplexity on the ``final_eval_samples`` windows; call it when the model is dense (right after a
-    plain reset). Equal to the env's own dense perplexity when both window sets are the same."""
-    if raw.config.final_eval_samples == raw.config.reward_eval_samples:
-        return float(raw.dense_ppl)
+    """Dense perplexity on the test windows; call it when the model is dense (right after a plain reset)."""
     return float(raw.evaluate_full().ppl)
 
 

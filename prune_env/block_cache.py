@@ -146,7 +146,10 @@ class BlockCache:
         same function :func:`prune_env.perplexity.perplexity` uses, hence bitwise agreement)."""
         final = self._hidden[self.num_blocks]
         total = 0.0
+        windows: list[float] = []
         for batch, hidden in zip(self._batches, final):
-            total += float(tail_nll(self._model, self._structure.blocks, batch, hidden, self._template,
-                                    budget_bytes=self._budget_bytes).sum())
-        return checked(Perplexity(total, self._token_ids.shape[0] * (self._token_ids.shape[1] - 1)))
+            nll = tail_nll(self._model, self._structure.blocks, batch, hidden, self._template,
+                           budget_bytes=self._budget_bytes)
+            total += float(nll.sum())
+            windows.extend(nll.tolist())
+        return checked(Perplexity(total, self._token_ids.shape[0] * (self._token_ids.shape[1] - 1), tuple(windows)))

@@ -8,6 +8,10 @@ from .models import DEFAULT_MODEL
 from .sparsify import METHODS, check_ratio
 
 GRANULARITIES = ("block", "linear")
+# Test windows by default: the smallest count for which the paired bootstrap 95% interval of the per-window
+# log-perplexity difference between uniform-wanda and greedy-sensitivity at 50% excludes 0 on the default
+# preset and text (scripts/bench_protocol.py; docs/BENCHMARKS.md, "Evaluation protocol").
+DEFAULT_TEST_WINDOWS = 32
 
 
 @dataclass
@@ -22,11 +26,14 @@ class PruningEnvConfig:
     n_levels: int = 4                   # levels per unit: 0 (leave it) .. n_levels - 1
     max_unit_sparsity: float = 0.95     # cap per unit
     max_steps: int = 40                 # truncation
-    text: str = "wiki"                  # calibration / evaluation text source (see prune_env.text.load_text)
+    text: str = "wiki"                  # calibration / validation / test text source (prune_env.text.load_text)
     seqlen: int | None = None           # tokens per window (default 256 on CPU, 2048 on GPU)
-    calib_samples: int = 32             # windows for the (dense, one-shot) pruning statistics
-    reward_eval_samples: int = 8        # held-out windows whose perplexity drives the reward (block-cached)
-    final_eval_samples: int = 32        # held-out windows for evaluate_full() (the final report)
+    calib_samples: int = 32             # CALIBRATION windows: the (dense, one-shot) pruning statistics, gradients
+    reward_eval_samples: int = 8        # VALIDATION windows: reward, rollbacks, search fitness, observation
+    final_eval_samples: int | None = DEFAULT_TEST_WINDOWS  # TEST windows for evaluate_full(); None: the whole
+    #                                     test range (hf:wikitext2: the whole test split, the literature's protocol)
+    ood_text: str | None = "lee"        # second, out-of-domain test text for evaluate_ood(); None / "none": off
+    ood_eval_samples: int | None = None  # its windows (None: as many as fit, at most 32)
     gradient_samples: int = 4           # windows (one backward each) for the gradient profile
     gradient_every: int = 5             # recompute the gradient profile every k steps (0: only at reset)
     progress_weight: float = 1.0        # reward: weight of the progress toward the target
@@ -38,7 +45,8 @@ class PruningEnvConfig:
     dtype: str | None = None
     seed: int = 0
     use_block_cache: bool = True        # False: every evaluation re-runs all blocks (a baseline for benchmarks)
-    info_timings: bool = True           # timings in info (off for exact-determinism checks such as check_env)
+    info_timings: bool = False          # also put timings in info (env.last_timings always has them); off by
+    #                                     default so infos are deterministic (gymnasium's check_env)
     progress: bool = False              # progress bars while setting up
 
     def validate(self) -> PruningEnvConfig:
@@ -58,9 +66,13 @@ class PruningEnvConfig:
             raise ValueError(f"step_size must be in (0, 1], got {self.step_size}")
         if self.n_levels < 2:
             raise ValueError(f"n_levels must be >= 2 (level 0 = leave a unit, 1.. = prune more), got {self.n_levels}")
-        for name in ("max_steps", "calib_samples", "reward_eval_samples", "final_eval_samples", "batch_size"):
+        for name in ("max_steps", "calib_samples", "reward_eval_samples", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("final_eval_samples", "ood_eval_samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, or None (final: the whole test range; ood: as many as "
+                                 f"fit, at most 32), got {getattr(self, name)}")
         if self.gradient_samples < 0 or self.gradient_every < 0:
             raise ValueError("gradient_samples and gradient_every must be >= 0 (0 turns the gradient profile off)")
         if self.seqlen is not None and self.seqlen < 2:

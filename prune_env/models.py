@@ -26,11 +26,15 @@ import torch
 __all__ = [
     "DEFAULT_MODEL",
     "PRESETS",
+    "RANDOM_PREFIX",
+    "RANDOM_SHAPES",
     "LoadedModel",
     "Preset",
+    "byte_tokenizer",
     "cache_dir",
     "load_model",
     "materialize_preset",
+    "random_model_config",
     "resolve_device",
     "resolve_dtype",
 ]
@@ -292,6 +296,9 @@ def load_model(
     if name in PRESETS:
         model, tokenizer = _load_pretrained(materialize_preset(name, cache=cache), dt)
         source, needs_bos = f"preset:{name}", PRESETS[name].needs_bos
+    elif name.startswith(RANDOM_PREFIX):
+        model, tokenizer = _build_random(name[len(RANDOM_PREFIX):], dev, dt)
+        source, needs_bos = name, False
     elif path.is_dir():
         if not (path / "config.json").is_file():
             raise ValueError(f"{path} is a directory but has no config.json: pass a directory written by "
@@ -305,7 +312,8 @@ def load_model(
         raise ValueError(
             f"unknown model {name!r}: not a preset, not an existing directory, not a hub id. Presets: "
             f"{_preset_list()}. For other models pass a hub id like 'HuggingFaceTB/SmolLM2-135M' "
-            f"(needs internet) or the path of a local directory written by save_pretrained."
+            f"(needs internet), the path of a local directory written by save_pretrained, or "
+            f"{RANDOM_PREFIX}<shape> for random weights of a known shape ({', '.join(RANDOM_SHAPES)})."
         )
     if needs_bos is None:
         needs_bos = _tokenizer_adds_bos(tokenizer)
@@ -327,9 +335,88 @@ def _weights_dir(name: str, source: str) -> Path | None:
         return materialize_preset(name)
     if kind == "local":
         return Path(where)
+    if kind == RANDOM_PREFIX[:-1]:  # built in memory: no files
+        return None
     try:  # a hub model already in the local Hugging Face cache
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(name, local_files_only=True))
     except Exception:  # noqa: BLE001 - not cached, offline, or no huggingface_hub: fall back to memory
         return None
+
+
+# ------------------------------------------------------------------------ random-weight models (no download)
+# ``random:<shape>`` builds a model of a published architecture with seeded random weights directly on the
+# target device, with a byte-level tokenizer (ids 0-255 are the UTF-8 bytes, 256 is <|endoftext|>). It is for
+# benchmarks and device checks of shapes whose weights cannot be shipped: its perplexities mean nothing, its
+# compute and memory costs are those of the real model.
+RANDOM_PREFIX = "random:"
+RANDOM_SHAPES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        # Qwen/Qwen3-4B's config.json: 36 blocks, hidden 2560, 32 query / 8 KV heads of 128, MLP 9728,
+        # vocab 151936, tied embeddings, RoPE theta 1e6 (~4.0 B parameters, 8.0 GB in bf16).
+        "qwen3-4b": MappingProxyType(
+            {"model_type": "qwen3", "vocab_size": 151936, "hidden_size": 2560, "intermediate_size": 9728,
+             "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+             "tie_word_embeddings": True, "rope_theta": 1_000_000.0, "max_position_embeddings": 40960,
+             "rms_norm_eps": 1e-6}
+        ),
+        # The same architecture, tiny: CPU dry runs and tests.
+        "qwen3-tiny": MappingProxyType(
+            {"model_type": "qwen3", "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,
+             "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+             "tie_word_embeddings": True, "rope_theta": 1_000_000.0, "max_position_embeddings": 4096,
+             "rms_norm_eps": 1e-6}
+        ),
+    }
+)
+_BYTE_EOS = "<|endoftext|>"
+
+
+def random_model_config(shape: str) -> Any:
+    """The transformers config of ``random:<shape>`` (one of :data:`RANDOM_SHAPES`)."""
+    from transformers import AutoConfig
+
+    if shape not in RANDOM_SHAPES:
+        raise ValueError(f"unknown random shape {shape!r} in {RANDOM_PREFIX}{shape}; shapes are: "
+                         f"{', '.join(RANDOM_SHAPES)} (e.g. {RANDOM_PREFIX}qwen3-tiny)")
+    settings = dict(RANDOM_SHAPES[shape])
+    return AutoConfig.for_model(settings.pop("model_type"), **settings)
+
+
+def _byte_chars() -> list[str]:
+    """GPT-2's reversible byte -> printable character map (the alphabet byte-level BPE vocabularies use)."""
+    printable = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}  # '!'..'~', '¡'..'¬', '®'..'ÿ'
+    chars, extra = [], 0
+    for byte in range(256):
+        if byte in printable:
+            chars.append(chr(byte))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
+def byte_tokenizer() -> Any:
+    """A byte-level tokenizer built in code: token ``b`` is the UTF-8 byte ``b``, 256 is ``<|endoftext|>``
+    (EOS and pad). Any model with a vocabulary of at least 257 can read its ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE(vocab={ch: b for b, ch in enumerate(_byte_chars())}, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token=_BYTE_EOS, pad_token=_BYTE_EOS)
+
+
+def _build_random(shape: str, device: torch.device, dtype: torch.dtype, seed: int = 0) -> tuple[Any, Any]:
+    """A ``random:<shape>`` model initialised on ``device`` in ``dtype`` under its own seeded generator state
+    (the caller's random state is left as it was), and the byte tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    config = random_model_config(shape)
+    cuda = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), torch.device(device):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model, byte_tokenizer()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,10 +31,15 @@ DEFAULT_LOGITS_BUDGET = {"cpu": 32 * 2**20, "cuda": 1024 * 2**20}  # bytes of fp
 
 @dataclass(frozen=True)
 class Perplexity:
-    """Summed NLL (nats) and the number of predicted tokens; ``ppl = exp(nll / tokens)``."""
+    """Summed NLL (nats) and the number of predicted tokens; ``ppl = exp(nll / tokens)``.
+
+    ``window_nll``: the summed NLL of each window, in window order (each predicts ``tokens / len(window_nll)``
+    tokens), for paired per-window statistics such as a bootstrap; empty when not recorded.
+    """
 
     nll: float
     tokens: int
+    window_nll: tuple[float, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def mean_nll(self) -> float:
@@ -149,14 +154,17 @@ def perplexity(
     structure = structure or discover(model)
     device = model_device(model)
     total = 0.0
+    windows: list[float] = []
     bar = tqdm(total=token_ids.shape[0], desc="perplexity", unit="window", disable=not progress)
     for batch in batches(token_ids, batch_size):
         batch = batch.to(device)
         hidden, template = _final_hidden(model, structure, batch)
-        total += float(tail_nll(model, structure.blocks, batch, hidden, template, budget_bytes=budget_bytes).sum())
+        nll = tail_nll(model, structure.blocks, batch, hidden, template, budget_bytes=budget_bytes)
+        total += float(nll.sum())
+        windows.extend(nll.tolist())
         bar.update(batch.shape[0])
     bar.close()
-    return checked(Perplexity(total, token_ids.shape[0] * (token_ids.shape[1] - 1)))
+    return checked(Perplexity(total, token_ids.shape[0] * (token_ids.shape[1] - 1), tuple(windows)))
 
 
 def checked(result: Perplexity) -> Perplexity:

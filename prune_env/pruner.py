@@ -131,8 +131,12 @@ def sparsify_weight(
     *,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    name: str | None = None,
 ) -> SparsifyResult:
-    """Dispatch one ``(out, in)`` weight to the kernel of ``method`` (the statistics it needs must be given)."""
+    """Dispatch one ``(out, in)`` weight to the kernel of ``method`` (the statistics it needs must be given).
+
+    ``name`` (the linear's) labels the kernel's warnings, e.g. SparseGPT's raised damping.
+    """
     if method == "magnitude":
         return magnitude_sparsify(weight, ratio, nm)
     if stats is None:
@@ -140,13 +144,13 @@ def sparsify_weight(
     if method == "wanda":
         return wanda_sparsify(weight, stats.act_norm, ratio, nm)
     if method == "sparsegpt":
-        return sparsegpt_sparsify(weight, stats.hessian, ratio, nm, blocksize=blocksize, percdamp=percdamp)
+        return sparsegpt_sparsify(weight, stats.hessian, ratio, nm, blocksize=blocksize, percdamp=percdamp, name=name)
     raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
 
 
 def _sparsify(spec: PruneSpec, lin: PrunableLinear, stats: LayerStatistics | None) -> SparsifyResult:
     return sparsify_weight(spec.method, lin.weight_matrix(), spec.sparsity.get(lin.name, 0.0), spec.nm, stats,
-                           blocksize=spec.blocksize, percdamp=spec.percdamp)
+                           blocksize=spec.blocksize, percdamp=spec.percdamp, name=lin.name)
 
 
 def _gather(

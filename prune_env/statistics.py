@@ -1,12 +1,16 @@
 """Per-layer calibration statistics accumulated from layer inputs (pure tensor math, fp32).
 
 ``LayerStatistics.add(x)`` is fed the inputs of one linear layer, batch by batch; it keeps the squared L2
-norm of every input feature (Wanda) and, when asked, the Hessian ``2 X X^T / N`` (SparseGPT).
+norm of every input feature (Wanda) and, when asked, the Hessian ``2 X X^T / N`` (SparseGPT). The sums run
+in IEEE fp32 whatever the process allows (TF32 off, as in the reference code; the caller's settings are
+restored after each batch).
 """
 
 from __future__ import annotations
 
 import torch
+
+from .sparsify.precision import full_fp32_precision
 
 
 class NonFiniteStatisticsError(ValueError):
@@ -25,10 +29,11 @@ class LayerStatistics:
     def add(self, x: torch.Tensor) -> None:
         """Accumulate a batch of inputs shaped ``(..., in_features)``."""
         x = x.detach().reshape(-1, self.in_features).to(self.sq_norm.device, torch.float32)
+        with full_fp32_precision():
+            self.sq_norm += (x * x).sum(dim=0)
+            if self._xtx is not None:
+                self._xtx.addmm_(x.t(), x)
         self.tokens += x.shape[0]
-        self.sq_norm += (x * x).sum(dim=0)
-        if self._xtx is not None:
-            self._xtx.addmm_(x.t(), x)
 
     @property
     def act_norm(self) -> torch.Tensor:

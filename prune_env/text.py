@@ -1,10 +1,21 @@
-"""Token sets for calibration and evaluation, from packaged offline text or (online) hub datasets.
+"""Token sets for calibration, validation and test, from packaged offline text or (online) hub datasets.
 
+Three disjoint sets of ``seqlen``-token windows (see :func:`build_token_sets`, and the protocol section of
+the README):
+
+* **calibration**: the pruning statistics (Wanda norms, SparseGPT Hessians) and the gradient profile;
+* **validation**: everything a policy or wrapper can react to: the reward perplexity, AutoRollback's
+  decisions, a search's fitness, the activations behind the observation's Wanda profile;
+* **test**: only the final scores (``PruningEnv.evaluate_full``).
+
+A single text (the packaged ``wiki`` and ``lee``, a local file) is split by token position into a
+calibration range, a validation range and a test range (the last ``test_fraction`` of its tokens). Sources
+with a train and a test split (``hf:wikitext2``, ``hf:c4``) take calibration and validation from disjoint
+ranges of the train split and test windows from the test split, as the Wanda/SparseGPT repositories do.
 Offline default: the real Wikipedia articles (CC BY-SA) shipped in gensim's test data (106 non-redirect
-pages; 105 keep some prose), cleaned of wiki markup once and cached as ``<cache>/text/enwiki-gensim-v<N>.txt``. A single text is split by token position:
-calibration windows come only from the first ``1 - eval_fraction`` of its tokens and evaluation windows
-only from the rest, so the two never overlap. Sequence length is always explicit, never the model's
-``max_position_embeddings``.
+pages; 105 keep some prose), cleaned of wiki markup once and cached as ``<cache>/text/enwiki-gensim-v<N>.txt``;
+its last 15% (from the first paragraph at or after 85% of the characters) is reserved for the harness task
+``pg_wiki_ppl`` and never windowed. Sequence length is always explicit, never ``max_position_embeddings``.
 """
 
 from __future__ import annotations
@@ -26,15 +37,22 @@ import torch
 from .models import cache_dir
 
 __all__ = [
+    "DEFAULT_OOD_WINDOWS",
     "DEFAULT_SEQLEN_CPU",
     "DEFAULT_SEQLEN_GPU",
+    "DEFAULT_TEST_FRACTION",
+    "DEFAULT_VALIDATION_FRACTION",
     "TextSource",
+    "TokenRange",
     "TokenSets",
+    "WIKI_RESERVED_FRACTION",
     "build_token_sets",
     "clean_wiki_article",
     "default_seqlen",
     "load_text",
+    "ood_source_name",
     "packaged_wiki_text",
+    "paragraph_start_at",
     "tokenize_text",
 ]
 
@@ -52,6 +70,18 @@ WIKI_CACHE_NAME = f"enwiki-gensim-v{WIKI_CLEANING_VERSION}.txt"
 # by a space, as in the SparseGPT/Wanda repos, so their first 256 windows are the published C4 set.
 C4_CALIB_DOCS = 10_000
 C4_EVAL_DOCS = 1100
+C4_TEST_WINDOWS = 256  # the published C4 perplexity set: the first 256 windows of that text
+# Single texts: the last DEFAULT_TEST_FRACTION of the usable tokens is the test range, the DEFAULT_VALIDATION_FRACTION
+# before it the validation range, the rest (from the start) the calibration range. Sources with a train split
+# keep the last DEFAULT_VALIDATION_FRACTION of the train tokens for validation.
+DEFAULT_VALIDATION_FRACTION = 0.1
+DEFAULT_TEST_FRACTION = 0.2
+# The packaged Wikipedia text from the first paragraph at or after this fraction of its characters is reserved
+# for the harness task pg_wiki_ppl (harness_tasks/sources/wiki.py uses the same rule) and never windowed here.
+WIKI_RESERVED_FRACTION = 0.85
+WIKI_RESERVED_FOR = "pg_wiki_ppl"
+DEFAULT_OOD_WINDOWS = 32  # out-of-domain test windows when none are asked for: as many as fit, at most this
+_PACKAGED_OTHER = MappingProxyType({"wiki": "lee", "lee": "wiki"})  # the ood text when it would equal the text
 
 _SOURCE_FORMS = "'wiki' (packaged, default), 'lee' (packaged), 'hf:wikitext2', 'hf:c4' or a path to a UTF-8 text file"
 
@@ -87,20 +117,47 @@ def default_seqlen(device: str | torch.device) -> int:
 
 @dataclass(frozen=True)
 class TextSource:
-    """Named raw text: either one ``text`` (split later by token position) or ``calib_text`` + ``eval_text``."""
+    """Named raw text: either one ``text`` (split later by token position) or ``train_text`` + ``test_text``.
+
+    ``test_windows``: with a test split, the test range is its first ``test_windows`` windows (None: all of
+    it). ``reserved_from``: with one text, the character offset from which the text is kept for another
+    evaluation (``reserved_for``, e.g. ``pg_wiki_ppl``) and never windowed.
+    """
 
     name: str
     text: str | None = None
-    calib_text: str | None = None
-    eval_text: str | None = None
+    train_text: str | None = None
+    test_text: str | None = None
+    test_windows: int | None = None
+    reserved_from: int | None = None
+    reserved_for: str | None = None
 
     def __post_init__(self) -> None:
         single = self.text is not None
-        pair = self.calib_text is not None and self.eval_text is not None
-        partial = (self.calib_text is None) != (self.eval_text is None)
+        pair = self.train_text is not None and self.test_text is not None
+        partial = (self.train_text is None) != (self.test_text is None)
         if single == pair or partial:
-            raise ValueError(f"TextSource {self.name!r} needs either text=... or both calib_text=... and "
-                             f"eval_text=...")
+            raise ValueError(f"TextSource {self.name!r} needs either text=... or both train_text=... and "
+                             f"test_text=...")
+        if self.reserved_from is not None and not (single and 0 < self.reserved_from <= len(self.text or "")):
+            raise ValueError(f"TextSource {self.name!r}: reserved_from must be a character offset inside text")
+        if self.test_windows is not None and (single or self.test_windows < 1):
+            raise ValueError(f"TextSource {self.name!r}: test_windows must be >= 1 and needs a test_text")
+
+
+def paragraph_start_at(text: str, fraction: float) -> int:
+    """Offset of the first paragraph (after a blank line) that starts at or after ``fraction`` of the characters.
+
+    The packaged Wikipedia text is reserved from ``paragraph_start_at(text, WIKI_RESERVED_FRACTION)`` on;
+    ``harness_tasks.sources.wiki.heldout_start`` calls this function, so the two can never disagree.
+    """
+    cut = int(len(text) * fraction)
+    if cut == 0 or text[cut - 2 : cut] == "\n\n":
+        return cut
+    boundary = text.find("\n\n", cut)
+    if boundary < 0:
+        raise ValueError(f"no paragraph starts after {fraction:.0%} of the text ({len(text)} characters)")
+    return boundary + 2
 
 
 # --------------------------------------------------------------------------------------------- packaged text
@@ -242,7 +299,7 @@ def _load_dataset(*args: Any, **kwargs: Any) -> Any:
 def _hf_wikitext2() -> TextSource:
     train = _load_dataset("Salesforce/wikitext", "wikitext-2-raw-v1", split="train")
     test = _load_dataset("Salesforce/wikitext", "wikitext-2-raw-v1", split="test")
-    return TextSource("hf:wikitext2", calib_text="\n\n".join(train["text"]), eval_text="\n\n".join(test["text"]))
+    return TextSource("hf:wikitext2", train_text="\n\n".join(train["text"]), test_text="\n\n".join(test["text"]))
 
 
 def _hf_c4() -> TextSource:
@@ -252,7 +309,8 @@ def _hf_c4() -> TextSource:
                         split="validation")
     calib = train.select(range(min(C4_CALIB_DOCS, len(train))))["text"]
     evals = val.select(range(min(C4_EVAL_DOCS, len(val))))["text"]
-    return TextSource("hf:c4", calib_text="\n\n".join(calib), eval_text=" ".join(evals))
+    return TextSource("hf:c4", train_text="\n\n".join(calib), test_text=" ".join(evals),
+                      test_windows=C4_TEST_WINDOWS)
 
 
 _HF_SOURCES: Mapping[str, Callable[[], TextSource]] = MappingProxyType(
@@ -271,7 +329,9 @@ def _load_hf(name: str) -> TextSource:
 def load_text(source: str = "wiki", cache: Path | str | None = None) -> TextSource:
     """Resolve a source name: 'wiki', 'lee', 'hf:wikitext2', 'hf:c4', else a local UTF-8 text file path."""
     if source == "wiki":
-        return TextSource("wiki", text=packaged_wiki_text(cache))
+        text = packaged_wiki_text(cache)
+        return TextSource("wiki", text=text, reserved_from=paragraph_start_at(text, WIKI_RESERVED_FRACTION),
+                          reserved_for=WIKI_RESERVED_FOR)
     if source == "lee":
         return TextSource("lee", text=_lee_text())
     if source in _HF_SOURCES:
@@ -307,86 +367,212 @@ def tokenize_text(tokenizer: Any, text: str, *, chunk_chars: int = 16_384) -> to
     return torch.tensor(list(itertools.chain.from_iterable(ids)), dtype=torch.long)
 
 
+@dataclass(frozen=True)
+class TokenRange:
+    """Where one set's windows lie: the token range ``[start, end)`` of a named token stream and the start
+    offset of every window in it. Offsets count text tokens; a window holds ``seqlen`` of them, or
+    ``seqlen - 1`` after a BOS token (``TokenSets.needs_bos``). ``placement``: ``random`` (seeded offsets),
+    ``spread`` (non-overlapping, evenly spaced over the range) or ``reserved`` (no windows: kept for others)."""
+
+    stream: str
+    start: int
+    end: int
+    window_starts: tuple[int, ...] = ()
+    placement: str = "spread"
+
+    def describe(self) -> dict[str, Any]:
+        return {"stream": self.stream, "start": self.start, "end": self.end, "placement": self.placement,
+                "window_starts": list(self.window_starts)}
+
+
 @dataclass
 class TokenSets:
-    """Calibration and evaluation windows, each ``[n, seqlen]`` token ids.
+    """Calibration, validation and test windows (each ``[n, seqlen]`` token ids), disjoint by construction,
+    plus optional out-of-domain test windows (``ood``) from a second text.
 
-    ``calib_stream_tokens``/``eval_stream_tokens``: sizes of the token streams the windows came from;
-    ``eval_fraction`` is None when the source had separate calibration and evaluation texts.
+    ``ranges`` says where each set lies (``"calibration"``, ``"validation"``, ``"test"``, and ``"ood"``,
+    ``"reserved"`` when present) in the token streams ``streams`` (name -> length in tokens): ``"text"`` for a
+    single text, ``"train"`` and ``"test"`` for a source with splits, ``"ood:<name>"`` for the ood text.
     """
 
     calib: torch.Tensor
-    eval: torch.Tensor
+    validation: torch.Tensor
+    test: torch.Tensor
     seqlen: int
     source: str
     seed: int
-    needs_bos: bool = False
-    eval_fraction: float | None = None
-    calib_stream_tokens: int = 0
-    eval_stream_tokens: int = 0
+    needs_bos: bool
+    ranges: dict[str, TokenRange]
+    streams: dict[str, int]
+    ood: torch.Tensor | None = None
+    ood_source: str | None = None
+    reserved_for: str | None = None
+    validation_fraction: float | None = None
+    test_fraction: float | None = None
+
+    @property
+    def eval(self) -> torch.Tensor:
+        """Deprecated alias of :attr:`test` (the windows that were called "evaluation" before issue 12)."""
+        return self.test
+
+    @property
+    def window_tokens(self) -> int:
+        """Text tokens per window (``seqlen``, or ``seqlen - 1`` after a BOS)."""
+        return self.seqlen - 1 if self.needs_bos else self.seqlen
 
     def describe(self) -> dict[str, Any]:
-        """Plain-data summary for reports."""
+        """Plain-data summary for reports and run configs: every set's size and token positions."""
+
+        def one(name: str, windows: torch.Tensor | None) -> dict[str, Any] | None:
+            if windows is None or name not in self.ranges:
+                return None
+            return {"windows": int(windows.shape[0]), "tokens": int(windows.numel()), **self.ranges[name].describe()}
+
+        reserved = self.ranges.get("reserved")
+        ood = one("ood", self.ood)
         return {
             "source": self.source,
             "seqlen": self.seqlen,
-            "n_calib": int(self.calib.shape[0]),
-            "n_eval": int(self.eval.shape[0]),
-            "calib_tokens": int(self.calib.numel()),
-            "eval_tokens": int(self.eval.numel()),
             "seed": self.seed,
             "needs_bos": self.needs_bos,
-            "eval_fraction": self.eval_fraction,
-            "calib_stream_tokens": self.calib_stream_tokens,
-            "eval_stream_tokens": self.eval_stream_tokens,
+            "streams": dict(self.streams),
+            "validation_fraction": self.validation_fraction,
+            "test_fraction": self.test_fraction,
+            "n_calib": int(self.calib.shape[0]),
+            "n_validation": int(self.validation.shape[0]),
+            "n_test": int(self.test.shape[0]),
+            "n_ood": int(self.ood.shape[0]) if self.ood is not None else 0,
+            "calibration": one("calibration", self.calib),
+            "validation": one("validation", self.validation),
+            "test": one("test", self.test),
+            "ood": None if ood is None else {"source": self.ood_source, **ood},
+            "reserved": None if reserved is None else {"for": self.reserved_for, "stream": reserved.stream,
+                                                       "start": reserved.start, "end": reserved.end},
         }
 
 
-def _check_args(seqlen: int, n_calib: int, n_eval: int, eval_fraction: float) -> None:
+def _check_args(seqlen: int, n_calib: int, n_validation: int, n_test: int | None, validation_fraction: float,
+                test_fraction: float) -> None:
     if seqlen < 2:
         raise ValueError(f"seqlen must be at least 2, got {seqlen}")
     if n_calib < 1:
         raise ValueError(f"n_calib must be at least 1, got {n_calib}")
-    if n_eval < 0:
-        raise ValueError(f"n_eval must be 0 (calibration only) or more, got {n_eval}")
-    if not 0.0 < eval_fraction < 1.0:
-        raise ValueError(f"eval_fraction must be strictly between 0 and 1, got {eval_fraction}")
+    if n_validation < 0:
+        raise ValueError(f"n_validation must be 0 (none) or more, got {n_validation}")
+    if n_test is not None and n_test < 0:
+        raise ValueError(f"n_test must be 0 (none), a count, or None (the whole test range), got {n_test}")
+    for name, value in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"{name} must be strictly between 0 and 1, got {value}")
+    if validation_fraction + test_fraction >= 1.0:
+        raise ValueError(f"validation_fraction + test_fraction must be below 1 (the rest is calibration), got "
+                         f"{validation_fraction} + {test_fraction}")
 
 
-def _streams(tokenizer: Any, source: TextSource, eval_fraction: float) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Calibration and evaluation token streams, plus a phrase naming them for error messages."""
+@dataclass(frozen=True)
+class _Split:
+    """Token streams of a source and the calibration / validation / test ranges in them."""
+
+    streams: dict[str, torch.Tensor]
+    ranges: dict[str, tuple[str, int, int]]  # set -> (stream, start, end)
+    where: dict[str, str]                    # set -> phrase for error messages
+    reserved: tuple[str, int, int] | None = None
+
+
+def _split(tokenizer: Any, source: TextSource, body: int, validation_fraction: float,
+           test_fraction: float) -> _Split:
+    """Tokenize ``source`` and cut its ranges (see :func:`build_token_sets`)."""
     if source.text is None:
-        calib = tokenize_text(tokenizer, source.calib_text or "")
-        return calib, tokenize_text(tokenizer, source.eval_text or ""), "text"
-    ids = tokenize_text(tokenizer, source.text)
-    split = int(len(ids) * (1.0 - eval_fraction))
-    where = f"part (eval_fraction={eval_fraction} of {len(ids):,} tokens)"
-    return ids[:split], ids[split:], where
+        train = tokenize_text(tokenizer, source.train_text or "")
+        test = tokenize_text(tokenizer, source.test_text or "")
+        val_start = int(len(train) * (1.0 - validation_fraction))
+        test_end = len(test) if source.test_windows is None else min(len(test), source.test_windows * body)
+        of_train = f"(validation_fraction={validation_fraction} of {len(train):,} train tokens)"
+        return _Split({"train": train, "test": test},
+                      {"calibration": ("train", 0, val_start), "validation": ("train", val_start, len(train)),
+                       "test": ("test", 0, test_end)},
+                      {"calibration": f"part of the train split {of_train}",
+                       "validation": f"part of the train split {of_train}",
+                       "test": "split" if source.test_windows is None else
+                               f"range (its first {source.test_windows} windows)"})
+    cut = len(source.text) if source.reserved_from is None else source.reserved_from
+    usable = tokenize_text(tokenizer, source.text[:cut])
+    stream, reserved = usable, None
+    if cut < len(source.text):  # tokenized on its own, so the usable tokens end exactly at the cut
+        stream = torch.cat([usable, tokenize_text(tokenizer, source.text[cut:])])
+        reserved = ("text", len(usable), len(stream))
+    n = len(usable)
+    calib_end, val_end = int(n * (1.0 - validation_fraction - test_fraction)), int(n * (1.0 - test_fraction))
+    fractions = f"validation_fraction={validation_fraction}, test_fraction={test_fraction} of {n:,} tokens"
+    return _Split({"text": stream},
+                  {"calibration": ("text", 0, calib_end), "validation": ("text", calib_end, val_end),
+                   "test": ("text", val_end, n)},
+                  dict.fromkeys(("calibration", "validation", "test"), f"part ({fractions})"), reserved)
 
 
-def _check_capacity(kind: str, count_name: str, stream: torch.Tensor, body: int, n: int,
-                    seqlen: int, source: str, where: str) -> None:
-    """Demand room for ``n`` non-overlapping windows of ``body`` text tokens in ``stream``."""
-    capacity = len(stream) // body
-    if n > capacity:
-        raise ValueError(
-            f"the {kind} {where} of {source!r} has {len(stream):,} tokens, enough for {capacity} windows of "
-            f"seqlen {seqlen}, but {count_name}={n} were asked for: lower {count_name} to at most {capacity} "
-            f"or lower seqlen{', or change eval_fraction' if where != 'text' else ''}, or use a longer text"
-        )
+def _capacity_error(kind: str, count_name: str, tokens: int, body: int, n: int, seqlen: int, source: str,
+                    where: str) -> ValueError:
+    capacity = tokens // body
+    fraction_hint = ", or change validation_fraction/test_fraction" if "fraction" in where else ""
+    return ValueError(
+        f"the {kind} {where} of {source!r} has {tokens:,} tokens, enough for {capacity} windows of "
+        f"seqlen {seqlen}, but {count_name}={n} were asked for: lower {count_name} to at most {capacity} "
+        f"or lower seqlen{fraction_hint}, or use a longer text"
+    )
 
 
-def _random_windows(stream: torch.Tensor, body: int, n: int, seed: int) -> torch.Tensor:
-    """``n`` windows at random start offsets (torch generator seeded with ``seed``, as Wanda/SparseGPT)."""
+def _random_starts(start: int, end: int, body: int, n: int, seed: int) -> list[int]:
+    """``n`` window starts at random offsets in ``[start, end - body]`` (torch generator seeded with ``seed``,
+    as Wanda/SparseGPT draw their calibration windows); windows may overlap one another."""
     gen = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, len(stream) - body + 1, (n,), generator=gen)
-    return torch.stack([stream[s : s + body] for s in starts.tolist()])
+    return (start + torch.randint(0, end - start - body + 1, (n,), generator=gen)).tolist()
 
 
-def _with_bos(windows: torch.Tensor, bos: int | None) -> torch.Tensor:
+def _spread_starts(start: int, end: int, body: int, n: int | None) -> list[int]:
+    """``n`` non-overlapping windows evenly spaced over ``[start, end)`` on the grid of whole windows from
+    ``start`` (None: every window of the range, consecutive): a few windows still cover the whole range."""
+    capacity = (end - start) // body
+    n = capacity if n is None else n
+    return [start + (i * capacity // n) * body for i in range(n)] if n else []
+
+
+def _windows(stream: torch.Tensor, starts: list[int], body: int, bos: int | None) -> torch.Tensor:
+    windows = torch.stack([stream[s : s + body] for s in starts]) if starts else torch.empty(0, body, dtype=torch.long)
     if bos is None:
         return windows
     return torch.cat([torch.full((windows.shape[0], 1), bos, dtype=torch.long), windows], dim=1)
+
+
+def ood_source_name(ood_text: str | None, text: str) -> str | None:
+    """The out-of-domain text to use beside the main ``text``: None when off (None or ``"none"``); the
+    other packaged text when ``ood_text`` names the main text itself (``wiki`` <-> ``lee``)."""
+    if ood_text is None or ood_text.strip().lower() == "none":
+        return None
+    if ood_text == text:
+        if text not in _PACKAGED_OTHER:
+            raise ValueError(f"ood_text {ood_text!r} is the main text itself: an out-of-domain score needs another "
+                             f"text, e.g. ood_text='lee' (or None to turn it off)")
+        return _PACKAGED_OTHER[text]
+    return ood_text
+
+
+def _ood_windows(tokenizer: Any, source: TextSource, seqlen: int, body: int, n: int | None,
+                 bos: int | None) -> tuple[torch.Tensor, TokenRange, int]:
+    """Out-of-domain windows evenly spaced over the ood text (its usable part, or its test range)."""
+    split = _split(tokenizer, source, body, DEFAULT_VALIDATION_FRACTION, DEFAULT_TEST_FRACTION)
+    if source.text is None:
+        stream_name, start, end = split.ranges["test"]
+    else:
+        stream_name, start, end = "text", 0, split.ranges["test"][2]
+    stream = split.streams[stream_name]
+    capacity = (end - start) // body
+    if n is not None and n < 1:
+        raise ValueError(f"n_ood must be at least 1, or None (as many as fit, at most {DEFAULT_OOD_WINDOWS}), got {n}")
+    n = min(capacity, DEFAULT_OOD_WINDOWS) if n is None else n
+    if n > capacity or n < 1:
+        raise _capacity_error("out-of-domain", "n_ood", end - start, body, max(n, 1), seqlen, source.name, "text")
+    starts = _spread_starts(start, end, body, n)
+    return _windows(stream, starts, body, bos), TokenRange(f"ood:{source.name}", start, end, tuple(starts)), len(stream)
 
 
 def build_token_sets(
@@ -395,21 +581,38 @@ def build_token_sets(
     *,
     seqlen: int,
     n_calib: int,
-    n_eval: int,
+    n_validation: int = 0,
+    n_test: int | None = 0,
     seed: int = 0,
     needs_bos: bool = False,
-    eval_fraction: float = 0.2,
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    ood: TextSource | str | None = None,
+    n_ood: int | None = None,
+    n_eval: int | None = None,
 ) -> TokenSets:
-    """Cut calibration and evaluation windows of ``seqlen`` tokens from a text source.
+    """Cut disjoint calibration, validation and test windows of ``seqlen`` tokens from a text source.
 
-    Evaluation: the first ``n_eval`` consecutive non-overlapping windows of the evaluation stream (fixed,
-    independent of ``seed``). ``n_eval=0`` is allowed for calibration-only use and gives a ``[0, seqlen]``
-    tensor; the calibration windows do not depend on ``n_eval``. Calibration: ``n_calib`` windows at random
-    offsets, reproducible under ``seed``; they may overlap one another, but the stream must hold at least
-    ``n_calib`` non-overlapping windows so the set is not mostly repeats. With ``needs_bos`` each window is
-    the tokenizer's BOS followed by ``seqlen - 1`` text tokens.
+    Ranges. One text (its part from ``source.reserved_from`` on left out, e.g. ``pg_wiki_ppl``'s documents):
+    calibration ``[0, 1 - validation_fraction - test_fraction)``, validation up to ``1 - test_fraction``,
+    test the rest, as fractions of its tokens. A source with splits: calibration is the train split but its
+    last ``validation_fraction``, validation that last part, test the test split (its first
+    ``source.test_windows`` windows when set: C4's published 256).
+
+    Windows. Calibration: ``n_calib`` windows at random offsets in its range, reproducible under ``seed``; they
+    may overlap one another, but the range must hold ``n_calib`` non-overlapping windows so the set is not
+    mostly repeats. Validation and test: ``n_validation`` / ``n_test`` non-overlapping windows evenly spaced
+    over their range (independent of ``seed``); ``n_test=None`` takes every window of the test range (the
+    literature's protocol for ``hf:wikitext2``: the whole test split). With ``needs_bos`` each window is the
+    tokenizer's BOS followed by ``seqlen - 1`` text tokens. ``ood``: a second text for out-of-domain test
+    windows, ``n_ood`` of them (None: as many as fit, at most ``DEFAULT_OOD_WINDOWS``) evenly spaced over it.
+    ``n_eval`` is a deprecated alias of ``n_test``.
     """
-    _check_args(seqlen, n_calib, n_eval, eval_fraction)
+    if n_eval is not None:
+        if n_test not in (0, n_eval):
+            raise ValueError("pass n_test (n_eval is its deprecated alias), not both")
+        n_test = n_eval
+    _check_args(seqlen, n_calib, n_validation, n_test, validation_fraction, test_fraction)
     if isinstance(source, str):
         source = load_text(source)
     bos = None
@@ -418,19 +621,34 @@ def build_token_sets(
         if bos is None:
             raise ValueError("needs_bos=True but the tokenizer has no bos_token_id; pass needs_bos=False")
     body = seqlen - 1 if needs_bos else seqlen
-    calib_stream, eval_stream, where = _streams(tokenizer, source, eval_fraction)
-    _check_capacity("calibration", "n_calib", calib_stream, body, n_calib, seqlen, source.name, where)
-    _check_capacity("evaluation", "n_eval", eval_stream, body, n_eval, seqlen, source.name, where)
-    calib = _random_windows(calib_stream, body, n_calib, seed)
-    evals = eval_stream[: n_eval * body].reshape(n_eval, body)
+    split = _split(tokenizer, source, body, validation_fraction, test_fraction)
+    ranges: dict[str, TokenRange] = {}
+    sets: dict[str, torch.Tensor] = {}
+    for name, count_name, n in (("calibration", "n_calib", n_calib), ("validation", "n_validation", n_validation),
+                                ("test", "n_test", n_test)):
+        stream_name, start, end = split.ranges[name]
+        capacity = (end - start) // body
+        if (n if n is not None else 1) > capacity:
+            raise _capacity_error(name, count_name, end - start, body, n if n is not None else 1, seqlen,
+                                  source.name, split.where[name])
+        starts = (_random_starts(start, end, body, n, seed) if name == "calibration"
+                  else _spread_starts(start, end, body, n))
+        ranges[name] = TokenRange(stream_name, start, end, tuple(starts),
+                                  "random" if name == "calibration" else "spread")
+        sets[name] = _windows(split.streams[stream_name], starts, body, bos)
+    if split.reserved is not None:
+        ranges["reserved"] = TokenRange(*split.reserved, placement="reserved")
+    streams = {name: len(stream) for name, stream in split.streams.items()}
+    ood_windows, ood_name = None, None
+    if ood is not None:
+        ood_source = load_text(ood) if isinstance(ood, str) else ood
+        ood_windows, ranges["ood"], streams[f"ood:{ood_source.name}"] = _ood_windows(
+            tokenizer, ood_source, seqlen, body, n_ood, bos)
+        ood_name = ood_source.name
+    single = source.text is not None
     return TokenSets(
-        calib=_with_bos(calib, bos),
-        eval=_with_bos(evals, bos),
-        seqlen=seqlen,
-        source=source.name,
-        seed=seed,
-        needs_bos=needs_bos,
-        eval_fraction=eval_fraction if source.text is not None else None,
-        calib_stream_tokens=len(calib_stream),
-        eval_stream_tokens=len(eval_stream),
+        calib=sets["calibration"], validation=sets["validation"], test=sets["test"], seqlen=seqlen,
+        source=source.name, seed=seed, needs_bos=needs_bos, ranges=ranges, streams=streams, ood=ood_windows,
+        ood_source=ood_name, reserved_for=source.reserved_for if split.reserved is not None else None,
+        validation_fraction=validation_fraction, test_fraction=test_fraction if single else None,
     )

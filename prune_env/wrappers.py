@@ -8,13 +8,24 @@ import gymnasium as gym
 
 
 class AutoRollback(gym.Wrapper):
-    """Roll back to the last checkpoint when a step raises perplexity too much.
+    """Roll back to the last checkpoint when a step raises the validation perplexity too much.
 
     After each step, if ``ppl / ppl_at_last_checkpoint - 1 > max_ppl_increase``, the env is reset to the
-    checkpoint saved before the step (a bitwise restore of the changed units), ``info["rolled_back"]`` is
-    True, ``info["rejected_ppl"]`` holds the perplexity that was rejected, the observation is that of the
-    restored state, and ``penalty`` is subtracted from the reward. The step still counts toward
-    ``max_steps``, so an episode cannot loop forever on rejected actions.
+    checkpoint saved before the step (a bitwise restore of the changed units). The rejected step then
+    returns:
+
+    * reward ``-penalty`` alone (the restored state made no progress and no perplexity change);
+    * the observation of the restored state;
+    * an info that describes the restored state (``ppl``, ``ppl_ratio``, ``global_sparsity``,
+      ``unit_sparsity``, ``step``, ``checkpoint``; ``changed_units`` are the units the restore wrote back),
+      plus ``rolled_back=True``, ``rejected_ppl``, ``rejected_changed_units`` (the step's planned change),
+      ``rejected_reward`` and ``rejected_reward_terms`` (what the step would have earned), ``ppl_increase``,
+      ``rollbacks`` and ``reward_terms={"rollback_penalty": -penalty}``.
+
+    If the rejected step recomputed the gradient profile (``info["grad_refreshed"]``), it is recomputed on
+    the restored state and a new checkpoint is saved and remembered, so a refresh is never lost. The step
+    still counts toward ``max_steps``, so an episode cannot loop forever on rejected actions.
+    ``env.unwrapped.last_timings`` then holds the step's timings plus ``restore`` (and ``restore_gradients``).
     """
 
     def __init__(self, env: gym.Env, max_ppl_increase: float, penalty: float = 1.0) -> None:
@@ -37,20 +48,26 @@ class AutoRollback(gym.Wrapper):
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
         increase = info["ppl"] / self._checkpoint_ppl - 1.0
-        if increase > self.max_ppl_increase:
-            rejected = info["ppl"]
-            obs, restored = self.env.reset(options={"checkpoint": self._checkpoint})
-            self.rollbacks += 1
-            info = {**info, **{k: restored[k] for k in ("ppl", "ppl_ratio", "global_sparsity", "unit_sparsity")},
-                    "rolled_back": True, "rejected_ppl": rejected, "ppl_increase": increase,
-                    "checkpoint": self._checkpoint, "rollbacks": self.rollbacks}
-            reward -= self.penalty
-            terminated = False
-            truncated = bool(self.env.unwrapped.steps >= self.env.unwrapped.config.max_steps)
-        else:
+        if increase <= self.max_ppl_increase:
             info = {**info, "ppl_increase": increase, "rollbacks": self.rollbacks}
             self._remember(info)
-        return obs, reward, terminated, truncated, info
+            return obs, reward, terminated, truncated, info
+        raw = self.env.unwrapped
+        step_timings = dict(raw.last_timings)
+        refresh = bool(info.get("grad_refreshed", False))
+        obs, restored = self.env.reset(options={"checkpoint": self._checkpoint, "refresh_gradients": refresh})
+        raw.last_timings = {**step_timings, **{k if k == "restore" else f"restore_{k}": v
+                                               for k, v in raw.last_timings.items()}}
+        self.rollbacks += 1
+        rejected = {"rejected_ppl": info["ppl"], "rejected_changed_units": info.get("changed_units", []),
+                    "rejected_reward": float(reward), "rejected_reward_terms": info.get("reward_terms", {})}
+        info = {**restored, **rejected, "rolled_back": True, "ppl_increase": increase, "rollbacks": self.rollbacks,
+                "reward_terms": {"rollback_penalty": -self.penalty}, "grad_refreshed": refresh}
+        if "timings" in restored:
+            info["timings"] = dict(raw.last_timings)
+        self._checkpoint = restored["checkpoint"]  # a new one when the gradients were recomputed
+        truncated = bool(raw.steps >= raw.config.max_steps)
+        return obs, -self.penalty, False, truncated, info
 
     def _remember(self, info: dict[str, Any]) -> None:
         self._checkpoint = info["checkpoint"]

@@ -3,7 +3,10 @@ checkpoint bytes, and peak memory against the model's size.
 
     python scripts/bench_env.py                       # default preset, writes docs/BENCHMARKS.md
     python scripts/bench_env.py --every 6 --no-write
-    python scripts/bench_env.py --shape qwen3-4b      # GPU only: random Qwen3-4B-shaped model
+    python scripts/bench_env.py --shape qwen3-4b --no-write --json-out out/env.json   # GPU: random Qwen3-4B
+
+``--shape NAME`` benchmarks ``random:NAME`` (:data:`prune_env.models.RANDOM_SHAPES`: random weights built on the
+device, byte-level tokens of the packaged text, no download); shapes other than ``*-tiny`` need CUDA.
 
 Steps are single-unit actions (one unit raised by one level) on every unit (or every k-th, centred), the same
 units for both modes, so their mean is the average over uniformly random single-unit actions; the gradient profile is off
@@ -20,6 +23,8 @@ the resident set shows live memory; that setting makes every large allocation fa
 every 5 ms above what it held once its libraries (torch, transformers and the model's modeling code) were
 imported and before the model loaded, during set-up and then during full-re-run steps (cache off and on) and
 rollbacks. On a GPU the peak is ``torch.cuda.max_memory_allocated`` while stepping, in this process.
+The memory SparseGPT's in-env Hessians would take (fp32 ``in x in`` per prunable linear) is computed from the
+shapes and reported apart: with Wanda the env holds none.
 Targets (issue #3): cached step <= 0.6x uncached; rollback < 5% of a step; peak memory < 1.5x (dense model
 + cached evaluation activations).
 """
@@ -44,7 +49,14 @@ sys.path.insert(0, str(ROOT))
 
 from policies.app.benchdoc import machine_description, write_section  # noqa: E402
 from prune_env.env import PruningEnv  # noqa: E402
-from prune_env.models import DEFAULT_MODEL, PRESETS, LoadedModel, load_model, materialize_preset  # noqa: E402
+from prune_env.models import (  # noqa: E402
+    DEFAULT_MODEL,
+    PRESETS,
+    RANDOM_PREFIX,
+    materialize_preset,
+    random_model_config,
+    resolve_device,
+)
 
 
 class RssSampler:
@@ -88,34 +100,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--calib-samples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=None)
     p.add_argument("--device", default=None)
-    p.add_argument("--shape", default=None, help="qwen3-4b: random Qwen3-4B-shaped model (needs CUDA)")
+    p.add_argument("--shape", default=None,
+                   help="benchmark random:SHAPE instead of --model (qwen3-4b needs CUDA; qwen3-tiny runs anywhere)")
     p.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--json-out", default=None, help="also write the measured rows as JSON to this file")
     p.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)  # the memory child, see above
     return p.parse_args(argv)
 
 
-def qwen3_4b_factory(device: str):
-    """A random Qwen3-4B-shaped model in bf16 on ``device`` with the SmolLM2 tokenizer (ids fit its vocab)."""
-    from transformers import AutoModelForCausalLM, Qwen3Config
-
-    def factory() -> LoadedModel:
-        tokenizer = load_model(DEFAULT_MODEL, device="cpu").tokenizer
-        config = Qwen3Config(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
-                             num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True)
-        with torch.device(device):
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
-        model.config.use_cache = False
-        return LoadedModel(model, tokenizer, "random:qwen3-4b-shape", torch.device(device), torch.bfloat16, False)
-
-    return factory
+def model_name(args) -> str:
+    """``random:SHAPE`` for ``--shape`` (refused without CUDA unless the shape is tiny), else ``--model``."""
+    if not args.shape:
+        return args.model
+    if not args.shape.endswith("-tiny") and resolve_device(args.device).type != "cuda":
+        raise SystemExit(f"--shape {args.shape} needs a CUDA GPU (its bf16 weights and steps are GPU-sized); "
+                         f"on CPU use --shape qwen3-tiny")
+    return RANDOM_PREFIX + args.shape
 
 
 def import_model_code(model: str) -> None:
     """Import the model's transformers modeling code, so the memory baseline holds the libraries, not the env."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(materialize_preset(model) if model in PRESETS else model)
+    if model.startswith(RANDOM_PREFIX):
+        config = random_model_config(model[len(RANDOM_PREFIX):])
+    else:
+        config = AutoConfig.from_pretrained(materialize_preset(model) if model in PRESETS else model)
     AutoModelForCausalLM._model_mapping[type(config)]  # noqa: B018 - the lookup imports the module
 
 
@@ -138,16 +149,11 @@ def env_settings(args) -> dict:
     return dict(method=args.method, target_sparsity=0.9, step_size=0.05, n_levels=2, max_steps=10_000,
                 gradient_samples=0, calib_samples=args.calib_samples, reward_eval_samples=args.reward_eval_samples,
                 final_eval_samples=args.reward_eval_samples, seqlen=args.seqlen, device=args.device,
-                batch_size=args.batch_size)
+                batch_size=args.batch_size, info_timings=True)
 
 
 def make_env(args) -> PruningEnv:
-    factory = None
-    if args.shape:
-        if args.shape != "qwen3-4b" or not torch.cuda.is_available():
-            raise SystemExit("--shape qwen3-4b needs a CUDA GPU")
-        factory = qwen3_4b_factory("cuda")
-    env = PruningEnv(model=args.model if factory is None else "random", model_factory=factory, **env_settings(args))
+    env = PruningEnv(model=model_name(args), **env_settings(args))
     env.reset(seed=0)
     return env
 
@@ -170,6 +176,8 @@ def run_rollbacks(env: PruningEnv, actions: list[np.ndarray]) -> tuple[list[floa
         ckpt_bytes.append(env.store.nbytes(info["checkpoint"]))
         t = time.perf_counter()
         env.reset(options={"checkpoint": before})
+        if env.loaded.device.type == "cuda":
+            torch.cuda.synchronize()  # the restored weights are written by queued kernels
         rollbacks.append(time.perf_counter() - t)
         env.step(action)  # go on from the restored state (re-runs the stale blocks)
     return rollbacks, ckpt_bytes
@@ -187,9 +195,14 @@ def model_and_cache_bytes(env: PruningEnv) -> tuple[int, int]:
     return sum(p.numel() * p.element_size() for p in env.model.parameters()), env.cache.nbytes
 
 
+def hessian_bytes(env: PruningEnv) -> int:
+    """Bytes SparseGPT's statistics would hold in this env: one fp32 ``in x in`` Hessian per prunable linear."""
+    return sum(lin.shape[1] ** 2 * 4 for lin in env.structure.linears)
+
+
 def memory_main(args) -> dict:
     """Child process: peak resident set above the imported libraries, during set-up and while stepping."""
-    import_model_code(args.model)
+    import_model_code(model_name(args))
     rss0 = RssSampler.rss()
     with RssSampler() as sampler:
         env = make_env(args)
@@ -236,7 +249,8 @@ def timing_main(args) -> dict:
             "checkpoint_bytes_median": statistics.median(ckpt_bytes), "checkpoint_bytes_max": max(ckpt_bytes),
             "checkpoints_total_bytes": env.store.nbytes(), "model_bytes": model_bytes, "cache_bytes": cache_bytes,
             "dense_source": type(env.dense).__name__, "seqlen": env.tokens.seqlen, "tail_s": tail_s,
-            "block_s": block_s, "blocks": blocks,
+            "block_s": block_s, "blocks": blocks, "hessian_bytes": hessian_bytes(env),
+            "reward_windows": args.reward_eval_samples,
             "mean_rerun_blocks": statistics.mean(blocks - int(np.argmax(a)) for a in actions),
             "memory_kind": "cuda" if cuda else "rss",
             "units_timed": ", ".join(str(int(np.argmax(a))) for a in actions[:3]) + f", ... every {args.every}"}
@@ -257,6 +271,9 @@ def main(argv=None) -> int:
         rows.update({k: v for k, v in measure_memory_in_child(argv).items() if k.endswith("peak_bytes")})
     text = render(rows, args)
     print(text)
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps({"rows": rows, "table": text}, indent=2, default=str))
     if not args.no_write:
         write_section(Path(args.out), "bench_env", "PruningEnv (`scripts/bench_env.py`)", text)
     return 0
@@ -292,6 +309,9 @@ def render(r: dict, args) -> str:
         f"| checkpoint bytes per step (median / max) | {r['checkpoint_bytes_median'] / mib:.2f} / {r['checkpoint_bytes_max'] / mib:.2f} MiB | |",
         f"| all checkpoints held at the end | {r['checkpoints_total_bytes'] / mib:.2f} MiB | |",
         f"| dense model / cached activations | {r['model_bytes'] / mib:.0f} / {r['cache_bytes'] / mib:.0f} MiB | |",
+        f"| SparseGPT in-env Hessians (fp32 in x in per linear, from the shapes; "
+        f"{'held: in the peak above' if args.method == 'sparsegpt' else f'not held with {args.method}'}) | "
+        f"{r['hessian_bytes'] / mib:.0f} MiB | |",
         f"| {peak_label} | {r['peak_bytes'] / mib:.0f} MiB = {mem:.2f}x (model + activations) | < 1.5x {'(met)' if mem < 1.5 else '(NOT met)'} |",
         *([f"| peak RSS above start during set-up (memory child) | {r['setup_peak_bytes'] / mib:.0f} MiB | |"]
           if r.get("setup_peak_bytes") is not None else []),

@@ -5,13 +5,23 @@
 
 Every configuration starts from the same dense weights (restored bitwise between runs). Prune time is the
 median of ``--repeats`` runs; perplexity is deterministic, so it is measured once. Ratios are against the
-dense model and against Wanda, both measured in the same run. With CUDA, ``--shape qwen3-4b`` also times the
-kernels on a Qwen3-4B-shaped model with random weights (no download needed).
+dense model and against Wanda, both measured in the same run.
+
+``--shape NAME`` times the kernels on ``random:NAME`` instead (:data:`prune_env.models.RANDOM_SHAPES`: random
+weights built on the device, no download) with seeded random calibration token ids and no evaluation set
+(perplexities of random weights mean nothing); shapes other than ``*-tiny`` need CUDA. The device check
+(``scripts/gpu_check.sh``) runs::
+
+    python scripts/bench_kernels.py --shape qwen3-4b --methods wanda --targets 0.5 --repeats 1 \
+        --calib-samples 128 --seqlen 2048 --no-write --json-out out/kernels.json
+
+On CUDA each row also reports the peak GPU memory allocated while pruning.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -23,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from policies.app.benchdoc import machine_description, write_section  # noqa: E402
-from prune_env.models import DEFAULT_MODEL, load_model  # noqa: E402
+from prune_env.models import DEFAULT_MODEL, RANDOM_PREFIX, load_model, resolve_device  # noqa: E402
 from prune_env.perplexity import perplexity  # noqa: E402
 from prune_env.pruner import make_spec, prune  # noqa: E402
 from prune_env.sparsity import sparsity_report  # noqa: E402
@@ -42,9 +52,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="prune-time repeats (median reported)")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
-    p.add_argument("--shape", default=None, help="qwen3-4b: time kernels on a random Qwen3-4B-shaped model (GPU)")
+    p.add_argument("--shape", default=None,
+                   help="time the kernels on random:SHAPE with random token ids (qwen3-4b needs CUDA; qwen3-tiny "
+                        "runs anywhere)")
     p.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--json-out", default=None, help="also write the rows as JSON to this file")
     return p.parse_args(argv)
 
 
@@ -57,23 +70,26 @@ def restore(structure, weights: dict[str, torch.Tensor]) -> None:
         lin.set_weight_matrix(weights[lin.name])
 
 
-def random_qwen3_4b(device: str, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM, Qwen3Config
-
-    config = Qwen3Config(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
-                         num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    return model.eval(), "random Qwen3-4B-shaped (36 blocks, hidden 2560)"
+def random_shape(args):
+    """``random:SHAPE`` on the device, and seeded random calibration ids over its whole vocabulary."""
+    device = resolve_device(args.device)
+    if not args.shape.endswith("-tiny") and device.type != "cuda":
+        raise SystemExit(f"--shape {args.shape} needs a CUDA GPU (its bf16 weights and kernels are GPU-sized); "
+                         f"on CPU use --shape qwen3-tiny")
+    loaded = load_model(RANDOM_PREFIX + args.shape, device=device, dtype=args.dtype)
+    vocab = int(loaded.model.config.vocab_size)
+    calib = torch.randint(0, vocab, (args.calib_samples, args.seqlen), generator=torch.Generator().manual_seed(0))
+    config = loaded.model.config
+    source = (f"{loaded.source} ({config.num_hidden_layers} blocks, hidden {config.hidden_size}, "
+              f"{str(loaded.dtype).removeprefix('torch.')}, {device.type})")
+    return loaded.model, source, calib
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    cuda = torch.cuda.is_available()
     if args.shape:
-        if args.shape != "qwen3-4b" or not torch.cuda.is_available():
-            raise SystemExit("--shape qwen3-4b needs a CUDA GPU")
-        model, source = random_qwen3_4b("cuda", torch.bfloat16)
-        calib = torch.randint(0, 151936, (args.calib_samples, args.seqlen))
+        model, source, calib = random_shape(args)
         evalset = None
     else:
         loaded = load_model(args.model, device=args.device, dtype=args.dtype)
@@ -89,27 +105,35 @@ def main(argv=None) -> int:
     for target in args.targets.split(","):
         nm = target if ":" in target else None
         for method in args.methods.split(","):
-            times, ppl, sparsity = [], float("nan"), float("nan")
+            times, ppl, sparsity, peak = [], float("nan"), float("nan"), None
             for rep in range(args.repeats):
                 restore(structure, dense_weights)
                 spec = make_spec(structure, method, None if nm else float(target), nm)
-                if torch.cuda.is_available():
+                if cuda:
                     torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
                 t0 = time.perf_counter()
                 prune(model, spec, calib, structure=structure, progress=False)
-                if torch.cuda.is_available():
+                if cuda:
                     torch.cuda.synchronize()
+                    peak = max(peak or 0, torch.cuda.max_memory_allocated())
                 times.append(time.perf_counter() - t0)
                 if rep == 0:
                     sparsity = sparsity_report(model, structure).global_sparsity
                     ppl = perplexity(model, evalset).ppl if evalset is not None else float("nan")
             rows.append({"target": target, "method": method, "ppl": ppl, "sparsity": sparsity,
-                         "seconds": statistics.median(times), "all_seconds": times})
+                         "seconds": statistics.median(times), "all_seconds": times, "peak_gpu_bytes": peak})
             print(f"{target:>5} {method:>9}: ppl {ppl:9.2f}  sparsity {sparsity:.4f}  "
                   f"time {statistics.median(times):7.2f} s (runs {', '.join(f'{t:.1f}' for t in times)})", flush=True)
         restore(structure, dense_weights)
     table = render(rows, dense_ppl)
     print(table)
+    if args.json_out:
+        meta = {"source": source, "calib_samples": args.calib_samples, "seqlen": args.seqlen,
+                "calib_tokens": int(calib.numel()), "repeats": args.repeats,
+                "model_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps({"meta": meta, "rows": rows, "table": table}, indent=2))
     if not args.no_write:
         command = "python scripts/bench_kernels.py " + " ".join(argv if argv is not None else sys.argv[1:])
         write_doc(Path(args.out), table, source, command.strip(), args)
@@ -118,21 +142,26 @@ def main(argv=None) -> int:
 
 def render(rows: list[dict], dense_ppl: float) -> str:
     wanda = {r["target"]: r for r in rows if r["method"] == "wanda"}
-    lines = ["| target | method | perplexity | ratio to dense | ratio to Wanda | sparsity | prune time (s, median) | time vs Wanda |",
-             "|---|---|---|---|---|---|---|---|"]
-    lines.append(f"| 0 | dense | {dense_ppl:.2f} | 1.00 | | 0.0000 | | |")
+    gpu = any(r.get("peak_gpu_bytes") for r in rows)  # a column of peak GPU memory, on CUDA only
+    extra_head, extra_rule = (" peak GPU memory (GiB) |", "---|") if gpu else ("", "")
+    lines = ["| target | method | perplexity | ratio to dense | ratio to Wanda | sparsity | prune time (s, median) | "
+             "time vs Wanda |" + extra_head, "|---|---|---|---|---|---|---|---|" + extra_rule]
+    lines.append(f"| 0 | dense | {dense_ppl:.2f} | 1.00 | | 0.0000 | | |" + (" |" if gpu else ""))
     for r in rows:
         w = wanda.get(r["target"])
         rel_ppl = f"{r['ppl'] / w['ppl']:.2f}" if w else ""
         rel_t = f"{r['seconds'] / w['seconds']:.2f}x" if w else ""
+        peak = f" {r['peak_gpu_bytes'] / 2**30:.1f} |" if gpu and r.get("peak_gpu_bytes") else (" |" if gpu else "")
         lines.append(f"| {r['target']} | {r['method']} | {r['ppl']:.2f} | {r['ppl'] / dense_ppl:.2f} | {rel_ppl} | "
-                     f"{r['sparsity']:.4f} | {r['seconds']:.2f} | {rel_t} |")
+                     f"{r['sparsity']:.4f} | {r['seconds']:.2f} | {rel_t} |" + peak)
     return "\n".join(lines)
 
 
 def write_doc(path: Path, table: str, source: str, command: str, args) -> None:
-    body = (f"Model: `{source}`; {args.calib_samples} calibration windows and {args.eval_samples} held-out "
-            f"evaluation windows of {args.seqlen} tokens from the packaged Wikipedia text (seed 0); sequential "
+    data = (f"{args.calib_samples} calibration windows of {args.seqlen} random token ids (seed 0), no evaluation"
+            if args.shape else f"{args.calib_samples} calibration windows and {args.eval_samples} held-out "
+            f"evaluation windows of {args.seqlen} tokens from the packaged Wikipedia text (seed 0)")
+    body = (f"Model: `{source}`; {data}; sequential "
             f"calibration; prune time is the median of {args.repeats} runs.\n\nCommand: `{command}`  \n"
             f"Machine: {machine_description()}  \nDate: {time.strftime('%Y-%m-%d')}\n\n{table}")
     write_section(path, "bench_kernels", "Pruning kernels (`scripts/bench_kernels.py`)", body)

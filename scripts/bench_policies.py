@@ -167,7 +167,7 @@ def main(argv=None) -> int:
             if args.budget is None:
                 if reference not in results:
                     raise SystemExit("random-search needs --budget or a reference run (agent or greedy-sensitivity)")
-                options["budget"], budget_source = results[reference]["ppl_evaluations"], reference
+                options["budget"], budget_source = results[reference]["evaluations"], reference
             else:
                 options["budget"] = args.budget
         run_env = env
@@ -229,7 +229,7 @@ def render(results: dict[str, dict[str, Any]], args: argparse.Namespace, dense_a
     for name, row in sorted(results.items(), key=lambda item: item[1]["final_ppl"]):
         retention = f"{row['capital_retention']:.2f} ({row['capital_acc']:.2f})" if "capital_retention" in row else ""
         lines.append(f"| {name} | {row['method']} | {row['final_ppl']:.2f} | {row['ppl_ratio']:.2f} | "
-                     f"{row['global_sparsity']:.4f} | {retention} | {row['steps']} | {row['ppl_evaluations']} | "
+                     f"{row['global_sparsity']:.4f} | {retention} | {row['steps']} | {row['evaluations']} | "
                      f"{row['rollbacks']} | {row['wall_seconds']:.0f} | {_tokens(row)} |")
     notes = [""]
     if dense_acc is not None:
@@ -238,7 +238,7 @@ def render(results: dict[str, dict[str, Any]], args: argparse.Namespace, dense_a
     else:
         notes.append("Capital retention: not measured in this run (`--harness-limit 0` or harness_tasks missing).")
     if "random-search" in results:
-        notes.append(f"random-search budget: {results['random-search']['ppl_evaluations']} evaluations, "
+        notes.append(f"random-search budget: {results['random-search']['evaluations']} evaluations, "
                      f"from {budget_source}" + (" (stand-in until the agent row is run)" if budget_source ==
                                                 "greedy-sensitivity" else "") + ".")
     if "agent" not in results:

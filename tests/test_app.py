@@ -86,11 +86,12 @@ def test_compare_writes_report_results_and_plots(tiny_llm4_dir, tmp_path):
     results = run_compare(config, tmp_path, progress=False, log=lambda _m: None)
     assert set(results["policies"]) == {"uniform-wanda", "owl"}
     for row in results["policies"].values():
-        assert "error" not in row and abs(row["sparsity"] - 0.3) <= TINY_TOLERANCE
-        assert set(row["retention"]) == {"pg_factual_mc"}
-    assert results["dense"]["knowledge"]["pg_factual_mc"]["acc"] >= 0
+        assert row["status"] == "ok" and row["error"] is None and abs(row["sparsity"] - 0.3) <= TINY_TOLERANCE
+        assert set(row["retention"]) == {"pg_factual_mc"} and row["finalize"] == "sequential"
+    assert results["dense"]["knowledge"]["pg_factual_mc"]["acc"] >= 0 and results["dense"]["ood_ppl"] > 0
     report = (tmp_path / "report.md").read_text()
     assert "| uniform-wanda |" in report and "| owl |" in report and "pg_factual_mc retention" in report
+    assert "ood ppl" in report and "validation ppl" in report and "Finalization (column finalize): sequential" in report
     assert json.loads((tmp_path / "results.json").read_text())["policies"].keys() == results["policies"].keys()
     for png in ("unit_sparsity.png", "ppl_over_steps.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -148,20 +149,27 @@ def test_wandb_streams_steps_while_the_episode_runs(tiny_llm4_dir, tmp_path, mon
     assert not any(finished for _, finished in seen)
 
 
-def test_ray_compare_runs_each_policy_in_its_own_actor(tiny_llm4_dir, tmp_path):
+def test_ray_compare_runs_each_policy_in_its_own_actor_and_searches_wait_for_the_agent(tiny_llm4_dir, tmp_path):
     pytest.importorskip("ray")
+    from scripted_chat_server import ScriptedChatServer, answer
+
     from policies.app.ray_compare import run_compare_ray
 
-    config = CompareConfig(policies=["uniform-wanda", "greedy-sensitivity"], model=str(tiny_llm4_dir), target=0.3,
-                           env=SMALL_ENV, tasks=[]).validate()
-    results = {"policies": {}, "dense": {}}
-    run_compare_ray(config, tmp_path, results, log=lambda _m: None, num_cpus=2)
-    assert list(results["policies"]) == ["uniform-wanda", "greedy-sensitivity"]
+    with ScriptedChatServer([], default=lambda body: answer({"0": 1, "1": 1, "2": 1, "3": 1})) as server:
+        agent = {"base_url": server.base_url, "model": "scripted", "api_key": "test", "response_format": "json_object",
+                 "timeout": 30.0}
+        config = CompareConfig(policies=["random-search", "uniform-wanda", "agent"], model=str(tiny_llm4_dir),
+                               target=0.3, env=SMALL_ENV, tasks=[], policy_options={"agent": agent}).validate()
+        results = {"policies": {}, "dense": {}}
+        run_compare_ray(config, tmp_path, results, log=lambda _m: None, num_cpus=2)
+    assert list(results["policies"]) == ["random-search", "uniform-wanda", "agent"]
     for name, row in results["policies"].items():
-        assert "error" not in row, row
+        assert row["status"] == "ok", row
         assert abs(row["sparsity"] - 0.3) <= TINY_TOLERANCE
         assert (tmp_path / name / "final.json").is_file()
     assert results["dense"]["ppl"] > 0
+    search, agent_row = results["policies"]["random-search"], results["policies"]["agent"]
+    assert search["budget_tokens"] == agent_row["tokens_evaluated"] == search["tokens_evaluated"]
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -180,19 +188,34 @@ def test_bad_flags_get_clear_errors(capsys, argv, message):
     assert message in err
 
 
-def test_report_flags_a_policy_below_target_and_reports_agent_cost():
+def test_report_flags_rows_lists_failures_and_accounts_for_the_agent():
     from policies.app.report import render_report
 
-    row = {"ppl": 40.0, "ppl_ratio": 1.5, "sparsity": 0.40, "steps": 10, "rollbacks": 3, "wall_seconds": 100.0,
-           "tokens": 1234, "retention": {"pg_factual_mc": 0.8}, "totals": {"requests": 11, "fallbacks": 1,
-                                                                          "topped_up_levels": 7, "latency_s": 50.0}}
-    results = {"model": "m", "target": 0.5, "dense": {"ppl": 20.0}, "policies": {
-        "agent": row, "uniform-wanda": {**row, "sparsity": 0.4999, "totals": {}}, "broken": {"error": "boom"}}}
+    row = {"policy": "agent", "status": "ok", "error": None, "ppl": 40.0, "ppl_ratio": 1.5, "ood_ppl": 80.0,
+           "validation_ppl": 35.0, "sparsity": 0.40, "evaluations": 12, "tokens_evaluated": 1536,
+           "finalize": "sequential", "steps": 10, "rollbacks": 3, "wall_seconds": 100.0, "tokens": 1234,
+           "retention": {"pg_factual_mc": 0.8}, "own_share": 0.3, "topped_up_share": 0.6, "fallback_share": 0.1,
+           "requests": 11, "llm_wait_s": 50.0, "totals": {"requests": 11, "fallbacks": 1, "answer_retries": 2}}
+    uniform = {k: v for k, v in row.items() if k not in ("own_share", "topped_up_share", "fallback_share",
+                                                            "requests", "llm_wait_s", "totals")}
+    results = {"model": "m", "target": 0.5, "dense": {"ppl": 20.0, "ood_ppl": 30.0}, "policies": {
+        "agent": row, "uniform-wanda": {**uniform, "policy": "uniform-wanda", "sparsity": 0.4999, "tokens": 0},
+        "random-search": {**uniform, "policy": "random-search", "sparsity": 0.5, "tokens": 0,
+                          "budget_source": "the agent's: 1536 validation tokens in 12 evaluations"},
+        "broken": {"policy": "broken", "status": "failed", "error": "EpisodeError: boom at http://x/v1",
+                   "ppl": None, "run_dir": "runs/c/broken"}}}
     text = render_report(results, plots=False)
-    assert "| agent | 40.00 | 1.500 | 0.800 | 0.400 (below target) |" in text
-    assert "| uniform-wanda | 40.00 | 1.500 | 0.800 | 0.500 |" in text  # within half a point: not flagged
-    assert "| broken | failed: boom |" in text
-    assert "agent: 11 requests, 0 answer retries, 1 fallback steps, 7 levels added by pacing" in text
+    assert ("| agent | 40.00 | 1.500 | 80.00 | 35.00 | 0.800 | 0.400 | 12 | 1,536 | sequential | 10 | 3 | 100 | "
+            "1,234 | below target; own share 0.30 < 0.5 |") in text
+    assert "| uniform-wanda | 40.00 | 1.500 | 80.00 | 35.00 | 0.800 | 0.500 | 12 | 1,536 | sequential | 10 | 3 | " \
+           "100 | - |  |" in text  # within half a point of the target: not flagged
+    assert "| broken | failed |" in text and "- **broken** failed (traceback: `runs/c/broken/error.txt`): " \
+           "EpisodeError: boom at http://x/v1" in text
+    assert "| agent | 0.300 | 0.600 | 0.100 | 11 | 1,234 | 50 | 2 | 1 |" in text
+    assert "- random-search: budget the agent's: 1536 validation tokens in 12 evaluations; it used 1,536" in text
+    assert "| dense | 20.00 | 1.000 | 30.00 |" in text
+    unknown = {**results, "policies": {"agent": {**row, "own_share": None, "sparsity": 0.5}}}
+    assert "| own share unknown |" in render_report(unknown, plots=False)
 
 
 DEFAULT_SMALL = {"calib_samples": 8, "reward_eval_samples": 2, "final_eval_samples": 4, "seqlen": 64,

@@ -38,6 +38,8 @@ def _full(model: nn.Module, ids: torch.Tensor) -> Perplexity:
 def _assert_same(cached: Perplexity, full: Perplexity) -> None:
     assert cached.tokens == full.tokens == N_WINDOWS * (SEQLEN - 1)
     assert cached.nll == full.nll  # bitwise: same batches, same ops, same tensors
+    assert len(full.window_nll) == N_WINDOWS and cached.window_nll == full.window_nll  # per window too
+    assert sum(full.window_nll) == pytest.approx(full.nll, rel=1e-12)
 
 
 def _assert_differs(stale: Perplexity, full: Perplexity) -> None:

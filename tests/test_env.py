@@ -46,8 +46,9 @@ def env(tiny_llm4_dir) -> PruningEnv:
     return make_env(tiny_llm4_dir)
 
 
-def test_env_checker_passes(tiny_llm4_dir):
-    env = make_env(tiny_llm4_dir, info_timings=False)
+def test_env_checker_passes_with_default_settings(tiny_llm4_dir):
+    env = PruningEnv(model=str(tiny_llm4_dir))  # every other setting at its default: timings stay out of info
+    assert env.tokens.test.shape == (env.config.final_eval_samples, 256) and env.tokens.ood is not None
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any checker warning fails the test
         check_env(env.unwrapped, skip_render_check=True)
@@ -79,11 +80,12 @@ def test_spaces_and_observation(env):
     assert obs["sparsity"].tolist() == [0.0] * L
     assert obs["ppl_ratio"][0] == pytest.approx(1.0)
     assert obs["steps_left"][0] == 12
+    assert obs["grad_age"].tolist() == [0.0]  # the gradient profile was computed at reset
     assert abs(float(obs["wanda_z"].mean())) < 1e-5 and float(obs["wanda_z"].std()) == pytest.approx(1.0, abs=1e-3)
     assert float(np.abs(obs["grad_z"]).sum()) > 0  # gradient profile measured at reset
     assert info["global_sparsity"] == 0.0 and info["rolled_back"] is False
     text = observation_to_text(env.unit_names, obs)
-    assert text.splitlines()[0].startswith("0: s=0.00") and "target=0.500" in text
+    assert text.splitlines()[0].startswith("0: s=0.00") and "target=0.500" in text and "grad_age=0" in text
 
 
 def test_cached_reward_perplexity_equals_a_full_forward(env):
@@ -109,7 +111,7 @@ def test_step_reprunes_from_dense_and_reports(env):
     assert reward == pytest.approx(gained / 0.5 - info["reward_terms"]["log_ppl_increase"])
     assert gained == pytest.approx(0.3 / 4)
     assert not terminated and not truncated
-    assert {"prune", "evaluate", "step"} <= set(info["timings"])
+    assert {"prune", "evaluate", "step"} <= set(env.last_timings) and "timings" not in info
     # raising a unit again re-prunes from dense: masks are nested, not compounded
     env.step(np.array([1, 0, 0, 0]))
     for lin in block0.linears:
@@ -124,8 +126,9 @@ def test_rollback_to_a_checkpoint_is_bitwise(env):
     env.step(np.array([2, 0, 0, 2]))
     obs_back, info_back = env.reset(options={"checkpoint": info1["checkpoint"]})
     assert_same_params(snapshot, params(env))
-    assert_same_obs({k: v for k, v in obs1.items() if k != "steps_left"},
-                    {k: v for k, v in obs_back.items() if k != "steps_left"})
+    assert_same_obs({k: v for k, v in obs1.items() if k not in ("steps_left", "grad_age")},
+                    {k: v for k, v in obs_back.items() if k not in ("steps_left", "grad_age")})
+    assert obs_back["grad_age"].tolist() == [3.0]  # the restored profile (from reset) is 3 steps old now
     assert info_back["ppl"] == info1["ppl"]
     # the next step after a rollback is still measured exactly (stale cache re-run)
     _, _, _, _, info = env.step(np.array([0, 0, 1, 0]))
@@ -225,11 +228,18 @@ def test_auto_rollback_restores_and_penalizes(tiny_llm4_dir):
     assert raising is not None, "no candidate action raised the tiny model's perplexity"
     obs, reward, terminated, truncated, info = env.step(raising)
     assert info["rolled_back"] is True and env.rollbacks == 1
-    assert info["rejected_ppl"] > info["ppl"] == pytest.approx(env.unwrapped.dense_ppl)
+    assert reward == -2.0 and info["reward_terms"] == {"rollback_penalty": -2.0}  # the penalty alone
+    assert info["rejected_ppl"] > info["ppl"] == env.unwrapped.dense_ppl  # info: the restored state
+    assert info["ppl_ratio"] == 1.0 and info["global_sparsity"] == 0.0
+    assert info["unit_sparsity"] == dict.fromkeys(env.unwrapped.unit_names, 0.0)
+    planned = [name for name, level in zip(env.unwrapped.unit_names, raising) if level]
+    assert info["rejected_changed_units"] == planned and info["changed_units"] == planned  # written back
+    assert info["rejected_reward"] != reward and "sparsity_gain" in info["rejected_reward_terms"]
     assert obs["sparsity"].tolist() == [0.0] * 4 and not terminated and not truncated
-    assert reward < -2.0 + 1.0
     assert_same_params(before, params(env.unwrapped))
-    assert env.unwrapped.steps == 1  # the rejected step still counts toward max_steps
+    assert env.unwrapped.steps == 1 and info["step"] == 1  # the rejected step still counts toward max_steps
+    assert env.unwrapped.evaluations == 1  # and as a validation evaluation
+    assert {"step", "prune", "evaluate", "restore"} <= set(env.unwrapped.last_timings)
     lenient = AutoRollback(make_env(tiny_llm4_dir), max_ppl_increase=1e6)
     lenient.reset(seed=0)
     assert lenient.step(raising)[4]["rolled_back"] is False
@@ -247,6 +257,8 @@ def test_auto_rollback_restores_and_penalizes(tiny_llm4_dir):
         (dict(step_size=0.0), ValueError, "step_size"),
         (dict(rollback_threshold=-1.0), ValueError, "rollback_threshold"),
         (dict(learning_rate=0.1), TypeError, "unknown PruningEnv setting"),
+        (dict(final_eval_samples=0), ValueError, "final_eval_samples must be >= 1, or None"),
+        (dict(ood_eval_samples=0), ValueError, "ood_eval_samples"),
     ],
 )
 def test_invalid_configs_are_rejected(settings, error, message):
@@ -359,3 +371,95 @@ def test_apply_allocation_rejects_bad_input_and_matches_stepping(tiny_llm4_dir):
     env.reset()
     env.apply_allocation(levels)
     assert_same_params(params(env), stepped)  # re-pruned from dense: the same weights as the steps gave
+
+
+def _raising_action(model_dir, before: list[np.ndarray]) -> np.ndarray:
+    """An action that raises the validation perplexity after the steps ``before`` (found on a probe env)."""
+    probe = make_env(model_dir, gradient_samples=0)
+    for action in [np.eye(4, dtype=int)[i] * 2 for i in range(4)] + [np.full(4, 2)]:
+        probe.reset(seed=0)
+        ppl = probe.ppl
+        for b in before:
+            ppl = probe.step(b)[4]["ppl"]
+        if probe.step(action)[4]["ppl"] > ppl:
+            return action
+    raise AssertionError("no candidate action raised the tiny model's perplexity")
+
+
+def test_a_rejected_step_never_loses_a_gradient_refresh(tiny_llm4_dir):
+    from prune_env.profiles import zscore
+    from prune_env.sensitivity import gradient_importance
+
+    first = np.array([0, 1, 0, 0])
+    raising = _raising_action(tiny_llm4_dir, [first])
+    env = AutoRollback(make_env(tiny_llm4_dir, gradient_every=2), max_ppl_increase=1e6)
+    raw = env.unwrapped
+    obs0, _ = env.reset(seed=0)
+    obs1, _, _, _, info1 = env.step(first)  # accepted; no refresh at step 1: grad_z is the dense one
+    assert obs1["grad_age"].tolist() == [1.0] and info1["grad_refreshed"] is False
+    np.testing.assert_array_equal(obs1["grad_z"], obs0["grad_z"])
+    env.max_ppl_increase = 1e-9
+    obs2, reward, _, _, info2 = env.step(raising)  # step 2 refreshes the gradients, then is rejected
+    assert info2["rolled_back"] and info2["grad_refreshed"] and reward == -1.0
+    assert info2["checkpoint"] != info1["checkpoint"]  # the refreshed state is saved as a new checkpoint
+    acc = gradient_importance(raw.model, raw.structure, raw._grad_ids)  # fresh, on the restored weights
+    fresh = np.array([acc.unit_score([lin.name for lin in u.linears]) for u in raw.units])
+    expected = np.clip(zscore(fresh), -10, 10).astype(np.float32)
+    np.testing.assert_allclose(obs2["grad_z"], expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(obs2["grad_z"], obs1["grad_z"])  # not the stale profile of the checkpoint
+    assert obs2["grad_age"].tolist() == [0.0] and "restore_gradients" in raw.last_timings
+    _, restored = raw.reset(options={"checkpoint": "last"})  # the new checkpoint keeps the refreshed profile
+    np.testing.assert_array_equal(raw._observation()["grad_z"], obs2["grad_z"])
+    env.max_ppl_increase = 1e6
+    obs3, *_ = env.step(np.zeros(4, dtype=int))
+    assert obs3["grad_age"].tolist() == [1.0]
+
+
+def test_grad_age_without_a_gradient_profile(tiny_llm4_dir):
+    env = make_env(tiny_llm4_dir, gradient_samples=0)
+    obs, _ = env.reset(seed=0)
+    assert obs["grad_age"].tolist() == [12.0] and obs in env.observation_space  # never computed: max_steps
+
+
+def test_evaluation_sets_counters_and_timings(tiny_llm4_dir):
+    env = make_env(tiny_llm4_dir)
+    info = env.tokens.describe()
+    assert (info["n_calib"], info["n_validation"], info["n_test"]) == (4, 2, 4)
+    assert info["ood"]["source"] == "lee" and info["ood"]["windows"] == 32
+    assert torch.equal(env._reward_ids, env.tokens.validation) and torch.equal(env._final_ids, env.tokens.test)
+    env.reset(seed=0)
+    assert (env.evaluations, env.tokens_evaluated) == (0, 0)  # construction and reset are not counted
+    assert set(env.last_timings) == {"reset"}
+    per_eval = env.tokens.validation.numel()
+    env.step(np.array([1, 0, 0, 0]))
+    env.step(np.array([0, 0, 0, 0]))
+    assert (env.evaluations, env.tokens_evaluated) == (2, 2 * per_eval)
+    env.apply_allocation({env.unit_names[1]: 0.3})
+    assert env.evaluations == 3 and {"apply", "evaluate"} <= set(env.last_timings)
+    env.reset(options={"checkpoint": 0})
+    assert env.evaluations == 3 and set(env.last_timings) == {"restore"}
+    sub = env.evaluate_validation(1)
+    assert (env.evaluations, env.tokens_evaluated) == (4, 3 * per_eval + env.tokens.validation[:1].numel())
+    assert sub.ppl == pytest.approx(perplexity(env.model, env.tokens.validation[:1]).ppl, rel=1e-9)
+    full = env.evaluate_full()
+    assert len(full.window_nll) == 4 and full.tokens == 4 * 31
+    assert full.ppl == pytest.approx(perplexity(env.model, env.tokens.test).ppl, rel=1e-9)
+    ood = env.evaluate_ood()
+    assert ood is not None and len(ood.window_nll) == 32 and np.isfinite(ood.ppl)
+    assert env.evaluations == 4  # test and ood evaluations are not counted
+    with pytest.raises(ValueError, match="windows must be in"):
+        env.evaluate_validation(3)
+    assert make_env(tiny_llm4_dir, ood_text=None).evaluate_ood() is None
+
+
+def test_timings_in_info_on_request(tiny_llm4_dir):
+    env = make_env(tiny_llm4_dir, info_timings=True)
+    env.reset(seed=0)
+    info = env.step(np.array([1, 0, 0, 0]))[4]
+    assert info["timings"] == env.last_timings and {"prune", "evaluate", "step"} <= set(info["timings"])
+
+
+def test_too_many_test_windows_names_the_setting(tiny_llm_dir):
+    with pytest.raises(ValueError, match=r"n_test=100000.*final_eval_samples \(None: the whole test range\)"):
+        PruningEnv(model=str(tiny_llm_dir), **{**SMALL, "final_eval_samples": 100_000, "gradient_samples": 0})
+    assert PruningEnvConfig(final_eval_samples=None).validate().final_eval_samples is None

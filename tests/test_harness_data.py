@@ -101,11 +101,12 @@ def test_wiki_documents_are_whole_paragraphs_after_the_heldout_start():
 
 
 def test_wiki_documents_are_disjoint_from_the_env_calibration_stream(default_model_dir):
-    """The env's calibration stream (SmolLM2 tokens, default split) ends before the held-out documents."""
+    """The env's windowed tokens (SmolLM2, default split: calibration, validation, test) end before the
+    held-out documents."""
     tok = AutoTokenizer.from_pretrained(default_model_dir)
     text = packaged_wiki_text()
-    sets = build_token_sets(tok, load_text("wiki"), seqlen=256, n_calib=1, n_eval=1)
-    calib_text = tok.decode(tokenize_text(tok, text)[: sets.calib_stream_tokens])
+    sets = build_token_sets(tok, load_text("wiki"), seqlen=256, n_calib=1, n_test=1)
+    calib_text = tok.decode(tokenize_text(tok, text)[: sets.ranges["test"].end])
     tail = calib_text[-300:]
     calib_end = text.index(tail) + len(tail)  # where the calibration stream ends in the text
     assert 0.75 * len(text) < calib_end < wiki_rows(text)[0]["start"]

@@ -83,6 +83,15 @@ def test_the_agent_retries_falls_back_and_records_every_step(scripted_run):
         assert not a["fallback"] or sorted(s["action"]) == [0, 0, 0, 1]
     assert all(a["prompt_tokens"] > 0 for a in agent if "503" not in (a["fallback_reason"] or ""))
     assert result.terminated and result.global_sparsity == pytest.approx(0.3, abs=0.02)
+    # whose pruning it was: two fallback steps of one level (0.1) on one of 4 equal blocks, of 0.3 in all
+    summary = result.summary
+    assert summary["sparsity_gain"] == pytest.approx(scripted_run["env"].global_sparsity_planned, abs=1e-6)
+    assert summary["fallback_share"] == pytest.approx(2 * 0.1 / 4 / 0.3, abs=1e-6) and summary["topped_up_share"] == 0
+    assert summary["own_share"] + summary["fallback_share"] == pytest.approx(1.0)
+    assert summary["requests"] == len(scripted_run["requests"]) == result.totals["requests"]
+    assert summary["tokens"] == result.totals["prompt_tokens"] + result.totals["completion_tokens"]
+    assert summary["llm_wait_s"] == pytest.approx(result.totals["llm_wait_s"])
+    assert result.totals["gain_fallback"] == pytest.approx(summary["fallback_gain"])
     # the history the model saw is bounded, and it saw its own earlier reflections
     last_prompt = scripted_run["requests"][-1]["messages"][1]["content"]
     assert f"last 3 of {len(steps) - 1} steps" in last_prompt and "one level at a time" in last_prompt

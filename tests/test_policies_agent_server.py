@@ -26,6 +26,7 @@ def test_server_command_and_errors(tmp_path):
         LocalServer(tmp_path / "missing.gguf")
     with pytest.raises(RuntimeError, match="not started"):
         _ = server.base_url
+    assert server.response_format == "json_object" and server.pid is None
 
 
 def test_serve_agent_subcommand_parses():
@@ -59,6 +60,12 @@ def test_real_smollm2_agent_prunes_a_tiny_env(tiny_llm4_dir, tmp_path):
               f"{rec['answer_retries']} tokens {rec['prompt_tokens']}+{rec['completion_tokens']} "
               f"{rec['latency_s']:.1f}s ppl {s['ppl']:.1f} | {rec['reflection'][:80]!r} | {rec['rationale'][:80]!r} "
               f"| {rec['answer_errors']}")
+    summary = result.summary
+    assert sum(summary[k] for k in ("own_share", "topped_up_share", "fallback_share")) == pytest.approx(1.0)
+    assert summary["requests"] == sum(s["policy"]["requests"] for s in steps) and summary["tokens"] > 0
+    print(f"shares: own {summary['own_share']:.2f} topped up {summary['topped_up_share']:.2f} fallback "
+          f"{summary['fallback_share']:.2f}; {summary['requests']} requests, {summary['tokens']} tokens, "
+          f"{summary['llm_wait_s']:.0f} s waiting")
     records = read_transcript(tmp_path / "t.jsonl")
     answered = [r for r in records if r["type"] in ("response", "error")]  # an error: e.g. a timeout, retried
     assert len(answered) == sum(s["policy"]["requests"] for s in steps) == sum(r["type"] == "request" for r in records)

@@ -93,7 +93,7 @@ def test_random_search_respects_budget_and_ends_on_best(envs, tmp_path):
     policy = make_policy("random-search", budget=7, seed=1)
     result = run_episode(env, policy, steps_path=tmp_path / "rs.jsonl", progress=False)
     base = 3  # 0.15, 0.30, 0.40 uniform, then one step per candidate
-    assert result.steps == result.ppl_evaluations == 7
+    assert result.steps == result.evaluations == 7
     assert len(policy.candidates) == 7 - base
     best = min(c["ppl"] for c in policy.candidates)
     assert result.reward_ppl == pytest.approx(best)

@@ -50,7 +50,8 @@ def test_jsonl_written_line_by_line(env, tmp_path):
     lines = load_steps(path)
     steps = [line for line in lines if line["kind"] == "step"]
     assert [line["kind"] for line in lines] == ["start"] + ["step"] * result.steps + ["end"]
-    assert len(steps) == result.steps == result.ppl_evaluations == 4  # 0.15, 0.30, 0.45, 0.50
+    assert len(steps) == result.steps == result.evaluations == 4  # 0.15, 0.30, 0.45, 0.50
+    assert result.tokens_evaluated == 4 * env.tokens.validation.numel()
     for key in ("action", "reward", "ppl", "ppl_ratio", "global_sparsity", "unit_sparsity", "changed_units",
                 "rolled_back", "checkpoint", "timings", "policy"):
         assert key in steps[0], key
@@ -147,3 +148,77 @@ def test_listener_sees_each_line_once_it_is_on_disk_and_a_failing_one_is_switche
         again = run_episode(env, make_policy("uniform-wanda"), steps_path=tmp_path / "again.jsonl", progress=False,
                             on_record=broken)
     assert again.final_ppl == result.final_ppl
+
+
+def test_counters_include_rejected_steps_and_timings_come_from_the_env(tiny_llm4_dir, tmp_path):
+    """Every env step is one validation evaluation, a rolled-back one too; with timings off in info
+    (the default) the step lines still carry the env's timings (``env.last_timings``)."""
+    from prune_env.wrappers import AutoRollback
+
+    raw = make_env(tiny_llm4_dir, "wanda", max_steps=6)
+    assert not raw.config.info_timings
+    env = AutoRollback(raw, max_ppl_increase=1e-6)
+    result = run_episode(env, make_policy("uniform-wanda"), steps_path=tmp_path / "steps.jsonl", progress=False)
+    assert result.rollbacks >= 1, "no step was rejected: the test needs one (lower the threshold)"
+    assert result.evaluations == result.steps
+    assert result.tokens_evaluated == result.steps * raw.tokens.validation.numel()
+    steps = [line for line in load_steps(tmp_path / "steps.jsonl") if line["kind"] == "step"]
+    assert all({"prune", "evaluate", "step", "act"} <= set(line["timings"]) for line in steps
+               if not line["rolled_back"])
+
+
+def test_a_search_is_bounded_by_its_budget_not_by_max_steps(tiny_llm4_dir):
+    env = make_env(tiny_llm4_dir, "wanda", max_steps=3)
+    policy = make_policy("random-search", budget=7, seed=1)
+    result = run_episode(env, policy, progress=False, final_eval=False)
+    assert result.steps == result.evaluations == 7 > env.config.max_steps
+    assert result.terminated and env.global_sparsity_planned == pytest.approx(0.5)
+
+
+class RestoresForever(UniformPolicy):
+    """Restores its first checkpoint again and again without stepping."""
+
+    def act(self, obs, info):
+        from policies.base import Restore
+
+        return Restore(0)
+
+
+def test_restoring_without_stepping_is_a_loop(env):
+    with pytest.raises(EpisodeError, match="restores in a row"):
+        run_episode(env, RestoresForever("wanda"), progress=False)
+
+
+def test_finalize_hook_remakes_the_weights_before_the_test_evaluation(tiny_llm4_dir, tmp_path):
+    """``finalize=`` runs after the last step: the test perplexity is of the finalized model, the validation
+    perplexity is what the policy saw, and the counters do not include finalization."""
+    from prune_env.finalize import finalize_allocation
+
+    env = make_env(tiny_llm4_dir, "sparsegpt")
+    oneshot = run_episode(env, make_policy("uniform-sparsegpt"), progress=False)
+    path = tmp_path / "steps.jsonl"
+    final = run_episode(env, make_policy("uniform-sparsegpt"), steps_path=path, progress=False,
+                        finalize=lambda e: finalize_allocation(e, "sequential"))
+    assert (oneshot.finalize, final.finalize) == ("none", "sequential")
+    assert final.reward_ppl == oneshot.reward_ppl and final.sparsity_map == oneshot.sparsity_map
+    assert final.evaluations == oneshot.evaluations and final.tokens_evaluated == oneshot.tokens_evaluated
+    assert final.final_ppl == pytest.approx(env.evaluate_full().ppl, rel=1e-12)
+    assert final.final_ppl != oneshot.final_ppl  # sequential SparseGPT updates differ from one-shot ones
+    assert final.ood_ppl is not None and final.dense_ood_ppl is not None and final.ood_ppl != final.dense_ood_ppl
+    kinds = [line["kind"] for line in load_steps(path)]
+    assert kinds[-2:] == ["finalize", "end"]
+
+
+def test_a_failing_finalization_restores_the_last_checkpoint(env):
+    def broken(e):
+        lin = e.unwrapped.structure.linears[0]
+        e.unwrapped.store.about_to_change(e.unwrapped.units[0].name)
+        lin.set_weight_matrix(torch.zeros_like(lin.weight_matrix()))
+        raise RuntimeError("finalization broke")
+
+    reference = run_episode(env, make_policy("uniform-wanda"), progress=False, final_eval=False)
+    before = weights(env)
+    with pytest.raises(EpisodeError, match="failed in finalize.*finalization broke"):
+        run_episode(env, make_policy("uniform-wanda"), progress=False, finalize=broken)
+    now = weights(env)
+    assert reference.terminated and all(torch.equal(now[name], before[name]) for name in now)

@@ -29,6 +29,7 @@ from prune_env.text import (
     default_seqlen,
     load_text,
     packaged_wiki_text,
+    paragraph_start_at,
     tokenize_text,
 )
 
@@ -96,10 +97,12 @@ def test_wiki_text_is_clean_prose(wiki_text: str) -> None:
 def test_wiki_text_is_cached(wiki_text: str, wiki_cache: Path) -> None:
     cached = wiki_cache / "text" / WIKI_CACHE_NAME
     assert cached.read_text(encoding="utf-8") == wiki_text
-    cached.write_text("stand-in", encoding="utf-8")  # a later call must read the file, not re-extract
+    stand_in = "stand-in\n\n" * 20
+    cached.write_text(stand_in, encoding="utf-8")  # a later call must read the file, not re-extract
     try:
-        assert packaged_wiki_text(cache=wiki_cache) == "stand-in"
-        assert load_text("wiki", cache=wiki_cache) == TextSource("wiki", text="stand-in")
+        assert packaged_wiki_text(cache=wiki_cache) == stand_in
+        assert load_text("wiki", cache=wiki_cache) == TextSource(
+            "wiki", text=stand_in, reserved_from=paragraph_start_at(stand_in, 0.85), reserved_for="pg_wiki_ppl")
     finally:
         cached.write_text(wiki_text, encoding="utf-8")
 
@@ -139,8 +142,9 @@ def test_local_file_source(tmp_path: Path, tokenizer, small: TextSource) -> None
     path.write_text(small.text or "", encoding="utf-8")
     source = load_text(str(path))
     assert source == TextSource(f"file:{path}", text=small.text)
-    sets = build_token_sets(tokenizer, str(path), seqlen=32, n_calib=4, n_eval=3)
-    assert sets.source == f"file:{path}" and sets.calib.shape == (4, 32) and sets.eval.shape == (3, 32)
+    sets = build_token_sets(tokenizer, str(path), seqlen=32, n_calib=4, n_validation=2, n_test=3)
+    assert sets.source == f"file:{path}" and sets.calib.shape == (4, 32) and sets.test.shape == (3, 32)
+    assert sets.validation.shape == (2, 32) and sets.eval is sets.test  # eval: the deprecated alias
 
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("caf\xe9 au lait".encode("latin-1"))
@@ -158,9 +162,13 @@ def test_unknown_source_lists_valid_forms(name: str) -> None:
 
 
 def test_text_source_needs_one_text_or_a_pair() -> None:
-    for bad in ({}, {"calib_text": "a"}, {"eval_text": "b"}, {"text": "t", "calib_text": "a", "eval_text": "b"}):
+    for bad in ({}, {"train_text": "a"}, {"test_text": "b"}, {"text": "t", "train_text": "a", "test_text": "b"}):
         with pytest.raises(ValueError, match="either text"):
             TextSource("x", **bad)
+    with pytest.raises(ValueError, match="test_windows"):
+        TextSource("x", text="t", test_windows=3)
+    with pytest.raises(ValueError, match="reserved_from"):
+        TextSource("x", text="t", reserved_from=5)
 
 
 @pytest.mark.parametrize("name", ["hf:wikitext2", "hf:c4"])
@@ -197,96 +205,137 @@ def test_chunked_tokenization_equals_whole_text(tokenizer, wiki_text: str) -> No
     assert tokenize_text(tokenizer, "").shape == (0,)
 
 
+def _split_points(n_tokens: int, validation: float = 0.1, test: float = 0.2) -> tuple[int, int]:
+    return int(n_tokens * (1 - validation - test)), int(n_tokens * (1 - test))
+
+
 def test_shapes_and_description(tokenizer, small: TextSource) -> None:
-    sets = build_token_sets(tokenizer, small, seqlen=64, n_calib=8, n_eval=5, seed=3)
-    assert sets.calib.shape == (8, 64) and sets.eval.shape == (5, 64)
-    assert sets.calib.dtype == sets.eval.dtype == torch.long
+    sets = build_token_sets(tokenizer, small, seqlen=64, n_calib=8, n_validation=3, n_test=5, seed=3)
+    assert sets.calib.shape == (8, 64) and sets.validation.shape == (3, 64) and sets.test.shape == (5, 64)
+    assert sets.calib.dtype == sets.validation.dtype == sets.test.dtype == torch.long
     info = sets.describe()
     n_tokens = len(tokenize_text(tokenizer, small.text or ""))
-    assert info == {
-        "source": "wiki-head", "seqlen": 64, "n_calib": 8, "n_eval": 5, "calib_tokens": 512, "eval_tokens": 320,
-        "seed": 3, "needs_bos": False, "eval_fraction": 0.2,
-        "calib_stream_tokens": int(n_tokens * 0.8), "eval_stream_tokens": n_tokens - int(n_tokens * 0.8),
+    calib_end, val_end = _split_points(n_tokens)
+    assert {k: info[k] for k in ("source", "seqlen", "seed", "needs_bos", "n_calib", "n_validation", "n_test",
+                                 "n_ood", "streams", "validation_fraction", "test_fraction", "ood", "reserved")} == {
+        "source": "wiki-head", "seqlen": 64, "seed": 3, "needs_bos": False, "n_calib": 8, "n_validation": 3,
+        "n_test": 5, "n_ood": 0, "streams": {"text": n_tokens}, "validation_fraction": 0.1, "test_fraction": 0.2,
+        "ood": None, "reserved": None,
     }
+    assert {k: info["calibration"][k] for k in ("windows", "tokens", "stream", "start", "end", "placement")} == {
+        "windows": 8, "tokens": 512, "stream": "text", "start": 0, "end": calib_end, "placement": "random"}
+    assert info["validation"]["start"] == calib_end and info["validation"]["end"] == val_end
+    assert info["test"]["start"] == val_end and info["test"]["end"] == n_tokens
+    assert len(info["calibration"]["window_starts"]) == 8 and info["test"]["placement"] == "spread"
 
 
-def test_calibration_and_evaluation_never_overlap(tokenizer, small: TextSource) -> None:
+def test_sets_come_from_their_ranges_and_never_overlap(tokenizer, small: TextSource) -> None:
     seqlen = 128
-    sets = build_token_sets(tokenizer, small, seqlen=seqlen, n_calib=16, n_eval=10, seed=0)
+    sets = build_token_sets(tokenizer, small, seqlen=seqlen, n_calib=16, n_validation=4, n_test=10, seed=0)
     stream = tokenize_text(tokenizer, small.text or "")
-    split = int(len(stream) * 0.8)
+    calib_end, val_end = _split_points(len(stream))
     for window in sets.calib:
         found = _positions(stream, window)
-        assert found and all(p + seqlen <= split for p in found)  # wholly inside the calibration part
-    for i, window in enumerate(sets.eval):  # the first consecutive windows of the evaluation part
-        assert torch.equal(window, stream[split + i * seqlen : split + (i + 1) * seqlen])
-    calib_rows = {tuple(row.tolist()) for row in sets.calib}
-    assert not calib_rows & {tuple(row.tolist()) for row in sets.eval}
+        assert found and all(p + seqlen <= calib_end for p in found)  # wholly inside the calibration part
+    for name, start in (("validation", calib_end), ("test", val_end)):
+        windows, starts = getattr(sets, name), sets.ranges[name].window_starts
+        capacity = (sets.ranges[name].end - start) // seqlen
+        assert list(starts) == [start + (i * capacity // len(windows)) * seqlen for i in range(len(windows))]
+        for window, s in zip(windows, starts):  # evenly spaced over the whole range, on its window grid
+            assert torch.equal(window, stream[s : s + seqlen])
+    rows = {name: {tuple(row.tolist()) for row in getattr(sets, name)} for name in ("calib", "validation", "test")}
+    assert not rows["calib"] & rows["validation"] and not rows["calib"] & rows["test"]
+    assert not rows["validation"] & rows["test"]
 
 
 def test_seed_controls_only_calibration(tokenizer, small: TextSource) -> None:
-    def build(seed: int, n_calib: int = 8, n_eval: int = 6):
-        return build_token_sets(tokenizer, small, seqlen=64, n_calib=n_calib, n_eval=n_eval, seed=seed)
+    def build(seed: int, n_calib: int = 8, n_test: int | None = 6):
+        return build_token_sets(tokenizer, small, seqlen=64, n_calib=n_calib, n_validation=2, n_test=n_test, seed=seed)
 
     a, b, c = build(0), build(0), build(1)
-    assert torch.equal(a.calib, b.calib) and torch.equal(a.eval, b.eval)
+    assert torch.equal(a.calib, b.calib) and torch.equal(a.test, b.test)
     assert not torch.equal(a.calib, c.calib)
-    assert torch.equal(a.eval, c.eval)
-    assert torch.equal(a.eval, build(0, n_calib=3).eval)  # evaluation ignores the calibration request
-    calib_only = build(0, n_eval=0)
-    assert calib_only.eval.shape == (0, 64) and torch.equal(calib_only.calib, a.calib)
+    assert torch.equal(a.test, c.test) and torch.equal(a.validation, c.validation)
+    assert torch.equal(a.test, build(0, n_calib=3).test)  # the test set ignores the calibration request
+    calib_only = build(0, n_test=0)
+    assert calib_only.test.shape == (0, 64) and torch.equal(calib_only.calib, a.calib)
+    whole = build(0, n_test=None)  # every window of the test range, consecutive
+    test_range = whole.ranges["test"]
+    assert whole.test.shape[0] == (test_range.end - test_range.start) // 64
+    assert list(whole.ranges["test"].window_starts) == list(range(test_range.start, test_range.end - 63, 64))
 
 
 def test_bos_starts_every_window(tokenizer, small: TextSource) -> None:
     seqlen, bos = 64, tokenizer.bos_token_id
-    sets = build_token_sets(tokenizer, small, seqlen=seqlen, n_calib=6, n_eval=4, needs_bos=True)
-    assert sets.calib.shape == (6, seqlen) and sets.eval.shape == (4, seqlen) and sets.needs_bos
-    assert (sets.calib[:, 0] == bos).all() and (sets.eval[:, 0] == bos).all()
+    sets = build_token_sets(tokenizer, small, seqlen=seqlen, n_calib=6, n_validation=2, n_test=4, needs_bos=True)
+    assert sets.calib.shape == (6, seqlen) and sets.test.shape == (4, seqlen) and sets.needs_bos
+    assert (sets.calib[:, 0] == bos).all() and (sets.test[:, 0] == bos).all() and (sets.validation[:, 0] == bos).all()
     stream = tokenize_text(tokenizer, small.text or "")
-    split, body = int(len(stream) * 0.8), seqlen - 1
+    calib_end, _ = _split_points(len(stream))
+    body = seqlen - 1
+    assert sets.window_tokens == body
     for window in sets.calib:
-        assert any(p + body <= split for p in _positions(stream, window[1:]))
-    for i, window in enumerate(sets.eval):
-        assert torch.equal(window[1:], stream[split + i * body : split + (i + 1) * body])
+        assert any(p + body <= calib_end for p in _positions(stream, window[1:]))
+    for window, s in zip(sets.test, sets.ranges["test"].window_starts):
+        assert torch.equal(window[1:], stream[s : s + body])
 
     no_bos = copy.deepcopy(tokenizer)
     no_bos.bos_token = None
     with pytest.raises(ValueError, match="no bos_token_id"):
-        build_token_sets(no_bos, small, seqlen=seqlen, n_calib=1, n_eval=1, needs_bos=True)
+        build_token_sets(no_bos, small, seqlen=seqlen, n_calib=1, n_test=1, needs_bos=True)
 
 
-def test_separate_calibration_and_evaluation_texts(tokenizer, wiki_text: str) -> None:
-    calib_text, eval_text = wiki_text[:60_000], wiki_text[-60_000:]
-    source = TextSource("pair", calib_text=calib_text, eval_text=eval_text)
-    sets = build_token_sets(tokenizer, source, seqlen=64, n_calib=5, n_eval=4)
-    calib_stream, eval_stream = tokenize_text(tokenizer, calib_text), tokenize_text(tokenizer, eval_text)
-    assert all(_positions(calib_stream, window) for window in sets.calib)
-    assert torch.equal(sets.eval, eval_stream[: 4 * 64].reshape(4, 64))
-    assert sets.describe()["eval_fraction"] is None
-    assert sets.calib_stream_tokens == len(calib_stream) and sets.eval_stream_tokens == len(eval_stream)
+def test_train_and_test_splits(tokenizer, wiki_text: str) -> None:
+    train_text, test_text = wiki_text[:60_000], wiki_text[-60_000:]
+    source = TextSource("pair", train_text=train_text, test_text=test_text)
+    sets = build_token_sets(tokenizer, source, seqlen=64, n_calib=5, n_validation=3, n_test=None)
+    train, test = tokenize_text(tokenizer, train_text), tokenize_text(tokenizer, test_text)
+    val_start = int(len(train) * 0.9)
+    assert all(any(p + 64 <= val_start for p in _positions(train, window)) for window in sets.calib)
+    assert all(_positions(train, window)[0] >= val_start for window in sets.validation)
+    n = len(test) // 64
+    assert torch.equal(sets.test, test[: n * 64].reshape(n, 64))  # the whole test split, consecutive windows
+    info = sets.describe()
+    assert info["test_fraction"] is None and info["streams"] == {"train": len(train), "test": len(test)}
+    assert info["validation"]["stream"] == "train" and info["test"]["stream"] == "test"
+    first = build_token_sets(tokenizer, TextSource("c4-like", train_text=train_text, test_text=test_text,
+                                                   test_windows=4), seqlen=64, n_calib=1, n_test=None)
+    assert torch.equal(first.test, test[: 4 * 64].reshape(4, 64))  # C4's protocol: the first k windows
 
 
 def test_too_little_text_says_what_fits(tokenizer, wiki_text: str) -> None:
-    text = wiki_text[:5_000]
+    text = wiki_text[:8_000]
     source = TextSource("tiny", text=text)
     n = len(tokenize_text(tokenizer, text))
-    calib_fit, eval_fit = int(n * 0.8) // 256, (n - int(n * 0.8)) // 256
+    calib_end, val_end = _split_points(n)
+    calib_fit, test_fit = calib_end // 256, (n - val_end) // 256
     with pytest.raises(ValueError) as err:
-        build_token_sets(tokenizer, source, seqlen=256, n_calib=calib_fit + 1, n_eval=0)
+        build_token_sets(tokenizer, source, seqlen=256, n_calib=calib_fit + 1, n_test=0)
     message = str(err.value)
     assert f"enough for {calib_fit} windows of seqlen 256" in message and f"n_calib={calib_fit + 1}" in message
-    assert "lower n_calib" in message and "seqlen" in message
+    assert "lower n_calib" in message and "seqlen" in message and "test_fraction" in message
     with pytest.raises(ValueError) as err:
-        build_token_sets(tokenizer, source, seqlen=256, n_calib=1, n_eval=eval_fit + 1)
-    assert f"enough for {eval_fit} windows" in str(err.value) and "lower n_eval" in str(err.value)
+        build_token_sets(tokenizer, source, seqlen=256, n_calib=1, n_test=test_fit + 1)
+    assert f"enough for {test_fit} windows" in str(err.value) and "lower n_test" in str(err.value)
+    with pytest.raises(ValueError, match="lower n_validation"):
+        build_token_sets(tokenizer, source, seqlen=256, n_calib=1, n_validation=50)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"seqlen": 1}, "seqlen"), ({"n_calib": 0}, "n_calib"), ({"n_eval": -1}, "n_eval"),
-     ({"eval_fraction": 0.0}, "eval_fraction"), ({"eval_fraction": 1.0}, "eval_fraction")],
+    [({"seqlen": 1}, "seqlen"), ({"n_calib": 0}, "n_calib"), ({"n_test": -1}, "n_test"),
+     ({"n_validation": -1}, "n_validation"), ({"test_fraction": 0.0}, "test_fraction"),
+     ({"validation_fraction": 1.0}, "validation_fraction"),
+     ({"validation_fraction": 0.5, "test_fraction": 0.5}, "below 1"), ({"n_ood": 0, "ood": "lee"}, "n_ood")],
 )
 def test_bad_arguments(tokenizer, small: TextSource, kwargs: dict, match: str) -> None:
-    args = {"seqlen": 32, "n_calib": 2, "n_eval": 2} | kwargs
+    args = {"seqlen": 32, "n_calib": 2, "n_test": 2} | kwargs
     with pytest.raises(ValueError, match=match):
         build_token_sets(tokenizer, small, **args)
+
+
+def test_n_eval_is_a_deprecated_alias_of_n_test(tokenizer, small: TextSource) -> None:
+    old = build_token_sets(tokenizer, small, seqlen=32, n_calib=2, n_eval=3)
+    assert torch.equal(old.test, build_token_sets(tokenizer, small, seqlen=32, n_calib=2, n_test=3).test)
+    with pytest.raises(ValueError, match="not both"):
+        build_token_sets(tokenizer, small, seqlen=32, n_calib=2, n_eval=3, n_test=4)

@@ -1,15 +1,15 @@
 """Held-out documents of the packaged Wikipedia text for the perplexity task.
 
-The text is ``prune_env.text.packaged_wiki_text()`` itself: the one import of ``prune_env`` in this
-package, on purpose, because "no overlap with the calibration text" is only checkable against the very
-same text (its cleaning rules are prune_env's and versioned there). prune-gym calibrates on the first 80%
-of its *tokens* (``build_token_sets(eval_fraction=0.2)``). Where 80% of the tokens ends in characters
-depends on the tokenizer (79.8% of the characters for SmolLM2), so this task starts well clear of it, at
-the first paragraph that begins at or after 85% of the characters. It may share text with the env's own
-evaluation windows (which start right after the 80% token mark), never with its calibration windows. The
-held-out part is cut at paragraph boundaries into documents of at most ``max_chars`` characters (a longer
-paragraph is a document of its own), so ``limit=`` takes whole documents and every document fits in one
-2048-token window of common tokenizers.
+The text is ``prune_env.text.packaged_wiki_text()`` itself: the one place this package imports
+``prune_env``, on purpose, because "no overlap with the env's windows" is only checkable against the very
+same text (its cleaning rules are prune_env's and versioned there). This task starts at the first paragraph
+that begins at or after 85% of the characters (:func:`heldout_start`, which is
+``prune_env.text.paragraph_start_at``). prune-gym tokenizes the text before that point and after it
+separately and cuts its calibration, validation and test windows only from the part before it
+(``prune_env.text.build_token_sets``, reserved range ``pg_wiki_ppl``), so these documents share no text
+with any of the env's windows, for every tokenizer. The held-out part is cut at paragraph boundaries into
+documents of at most ``max_chars`` characters (a longer paragraph is a document of its own), so ``limit=``
+takes whole documents and every document fits in one 2048-token window of common tokenizers.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 __all__ = ["HELDOUT_START_FRACTION", "WikiDoc", "heldout_start", "heldout_wiki_docs", "packaged_text"]
 
-HELDOUT_START_FRACTION = 0.85
+HELDOUT_START_FRACTION = 0.85  # = prune_env.text.WIKI_RESERVED_FRACTION (a test checks they agree)
 MAX_DOC_CHARS = 4000
 _PARAGRAPH = "\n\n"
 
@@ -39,14 +39,11 @@ class WikiDoc:
 
 
 def heldout_start(text: str, fraction: float = HELDOUT_START_FRACTION) -> int:
-    """Offset of the first paragraph that starts at or after ``fraction`` of the characters."""
-    cut = int(len(text) * fraction)
-    if cut == 0 or text[cut - 2 : cut] == _PARAGRAPH:
-        return cut
-    boundary = text.find(_PARAGRAPH, cut)
-    if boundary < 0:
-        raise ValueError(f"no paragraph starts after {fraction:.0%} of the text ({len(text)} characters)")
-    return boundary + len(_PARAGRAPH)
+    """Offset of the first paragraph that starts at or after ``fraction`` of the characters (the rule the env
+    uses to keep this part out of its windows: ``prune_env.text.paragraph_start_at``)."""
+    from prune_env.text import paragraph_start_at
+
+    return paragraph_start_at(text, fraction)
 
 
 def _paragraphs(text: str, offset: int) -> list[tuple[int, str]]:

@@ -43,8 +43,9 @@ def make_agent(*, transcript_path: str | Path | None = None, replay_path: str | 
 
     ``options`` are :class:`AgentSettings` fields (``base_url``, ``model``, ``api_key``, ``temperature``,
     ``seed``, ``max_retries``, ``timeout``, ``history_size``, ``answer_retries``, ``max_tokens``,
-    ``response_format``, ``pace``, ...); unset ones come from ``env`` (default ``os.environ``: ``PRUNE_GYM_AGENT_*``,
-    then ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY`` / ``OPENAI_MODEL``), then the defaults.
+    ``response_format``, ``pace``, ``max_endpoint_failures``, ``step_time_limit_s``, ...); unset ones come
+    from ``env`` (default ``os.environ``: ``PRUNE_GYM_AGENT_*``, then ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``
+    / ``OPENAI_MODEL``), then the defaults.
 
     * ``local``: start the local llama.cpp server (SmolLM2-135M-Instruct; ``server_options``, or the flat
       options ``model_path``, ``log_path``, ``n_ctx``, ``n_threads``, ``startup_timeout``, go to
@@ -65,9 +66,9 @@ def make_agent(*, transcript_path: str | Path | None = None, replay_path: str | 
         settings = resolve_settings(os.environ if env is None else env, **options)
         if local is None:
             local = transport is None and settings.base_url is None and settings.model is None
-        if local:
-            server = LocalServer(**_server_kwargs(server_options)).start()
+        if local:  # ready once a completion in the agent's response_format mode has answered
             fmt = "json_object" if settings.response_format == "auto" else settings.response_format
+            server = LocalServer(**_server_kwargs(server_options), response_format=fmt).start()
             settings = replace(settings, base_url=server.base_url, model=server.model, api_key=NO_KEY,
                                response_format=fmt)
         if not settings.model:

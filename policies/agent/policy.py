@@ -2,10 +2,18 @@
 
 One step: build the prompt (goal, profile table, bounded history with the agent's own reflections), ask,
 parse and validate the answer; an invalid answer is asked again with the error fed back, up to
-``answer_retries`` times; an endpoint that stays unreachable (after the transport retries) or answers that
-stay invalid lead to the documented fallback action (:mod:`policies.agent.fallback`), recorded as such.
-The env is only ever stepped with a validated action, so the agent cannot corrupt the model. Only a refused
-configuration (HTTP 401/403/404: key, model, URL) and a diverging replay raise.
+``answer_retries`` times; answers that stay invalid, or a single step without any reply (a transient outage),
+lead to the documented fallback action (:mod:`policies.agent.fallback`), recorded as such. The env is only
+ever stepped with a validated action, so the agent cannot corrupt the model.
+
+What raises (:class:`~policies.agent.chat.EndpointError`, so a run of fallbacks never passes for an agent's
+run): a refused configuration (HTTP 401/403/404: key, model, URL), the exit of the local server process this
+agent owns (noticed before and after every request), and ``max_endpoint_failures`` consecutive steps whose
+tries all failed for transport reasons (connection refused or reset, timeouts, 5xx after the retries) or ran
+past ``step_time_limit_s`` without a reply. A diverging replay raises ReplayError.
+
+:meth:`LLMAgent.summary` says whose pruning it was (:mod:`policies.agent.accounting`) and what the endpoint
+cost (requests, tokens, seconds waited).
 """
 
 from __future__ import annotations
@@ -19,8 +27,9 @@ import numpy as np
 from prune_env.env import short_unit_names
 
 from ..base import EnvView, StepOutcome
+from .accounting import StepGain, gain_shares, step_gain
 from .answer import AnswerError, answer_schema, parse_answer, validate_answer
-from .chat import ChatSession
+from .chat import ChatSession, EndpointError, StepBudget
 from .fallback import fallback_action
 from .pacing import pace_action
 from .prompt import HistoryEntry, build_messages, retry_messages
@@ -36,6 +45,7 @@ class StepRecord:
 
     step: int
     action: list[int] = field(default_factory=list)
+    own_action: list[int] = field(default_factory=list)   # the LLM's (or the fallback's) levels, before pacing
     rationale: str = ""
     reflection: str = ""
     fallback: bool = False
@@ -49,7 +59,9 @@ class StepRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float = 0.0
+    llm_wait_s: float = 0.0                  # requests plus backoff waits
     response_format: str = ""
+    endpoint_failed: bool = False            # no reply in the whole step for transport reasons (counted)
 
     def as_dict(self) -> dict[str, Any]:
         """Flat, so the runner's per-episode totals sum the numbers (tokens, requests, retries, fallbacks)."""
@@ -61,7 +73,8 @@ class StepRecord:
             "requests": self.requests, "network_retries": self.network_retries,
             "answer_retries": self.answer_retries,
             "answer_errors": list(self.answer_errors), "transport_errors": list(self.transport_errors),
-            "latency_s": self.latency_s, "response_format": self.response_format,
+            "latency_s": self.latency_s, "llm_wait_s": self.llm_wait_s, "response_format": self.response_format,
+            "own_action": list(self.own_action), "endpoint_failed": self.endpoint_failed,
         }
 
 
@@ -76,10 +89,23 @@ class LLMAgent:
         self.server = server  # a local server this agent started and owns (stopped by close())
         if server is not None:
             weakref.finalize(self, server.stop)
+            if session.liveness is None:  # its exit ends the episode at once, not after the retries
+                session.liveness = server.check_alive
         self.history: list[HistoryEntry] = []
         self._view: EnvView | None = None
         self._current: StepRecord | None = None
         self._last: dict[str, Any] = {}
+        self._start_episode(np.zeros(0))
+
+    def _start_episode(self, sparsity: np.ndarray) -> None:
+        """Per-episode counters: consecutive failed steps, kept gains, endpoint costs."""
+        self._failed_steps = 0
+        self._last_failure = ""
+        self._sparsity = np.asarray(sparsity, dtype=np.float64).copy()  # per unit, before the next step
+        self._pending: StepGain | None = None    # the gain of the step just acted on, until observed
+        self._recalled: dict[str, Any] | None = None
+        self._gains: list[StepGain] = []         # kept steps only
+        self._costs = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "llm_wait_s": 0.0}
 
     # ------------------------------------------------------------------ Policy interface
     def reset(self, view: EnvView, obs: dict[str, np.ndarray], info: dict[str, Any]) -> None:
@@ -90,6 +116,7 @@ class LLMAgent:
         self._ppl = float(info["ppl"])
         self._current = None
         self._last = {}
+        self._start_episode(obs["sparsity"])
 
     def act(self, obs: dict[str, np.ndarray], info: dict[str, Any]) -> np.ndarray:
         view = self._require_view()
@@ -98,18 +125,23 @@ class LLMAgent:
                               reflection_chars=self.settings.reflection_chars)
         messages = base
         action: np.ndarray | None = None
+        budget = StepBudget(self.settings.step_time_limit_s)
+        answered = False
         for attempt in range(self.settings.answer_retries + 1):
-            call = self.session.complete(messages, self._schema, step=rec.step)
+            call = self.session.complete(messages, self._schema, step=rec.step, budget=budget)
             rec.response_format = self.session.format_mode  # after the call: auto mode may have moved on
             rec.requests += call.tries
-            rec.network_retries += call.tries - 1
+            rec.network_retries += max(call.tries - 1, 0)
             rec.transport_errors += call.errors
             rec.prompt_tokens += call.prompt_tokens
             rec.completion_tokens += call.completion_tokens
             rec.latency_s += call.latency_s
+            rec.llm_wait_s += call.wait_s
             if call.reply is None:
                 rec.fallback_reason = f"no answer from the endpoint: {call.errors[-1] if call.errors else 'unknown'}"
+                rec.endpoint_failed = not answered and call.endpoint_down
                 break
+            answered = True
             rec.answer_retries = attempt
             try:
                 answer = parse_answer(call.reply.content)
@@ -124,13 +156,18 @@ class LLMAgent:
                 messages = retry_messages(base, call.reply.content or "", error)
         else:
             rec.fallback_reason = f"{len(rec.answer_errors)} invalid answers, the last: {rec.answer_errors[-1]}"
+        self._count_endpoint_failure(rec)
         if action is None:
             rec.fallback = True
             action = fallback_action(obs, step_size=view.step_size, cap=view.max_unit_sparsity)
+        own = np.asarray(action, dtype=np.int64).copy()
         if self.settings.pace:  # top up too-small actions so the target stays reachable (.pacing)
             action, rec.topped_up_levels = pace_action(action, obs, np.asarray(view.unit_numel), step_size=view.step_size,
                                                        n_levels=view.n_levels, cap=view.max_unit_sparsity)
+        rec.own_action = [int(a) for a in own]
         rec.action = [int(a) for a in action]
+        self._pending = self._gain(obs["sparsity"], own, np.asarray(action), rec.fallback)
+        self._add_costs(rec.requests, rec.prompt_tokens, rec.completion_tokens, rec.llm_wait_s)
         self._current = rec
         self._last = rec.as_dict()
         if self.session.transcript is not None:
@@ -142,6 +179,13 @@ class LLMAgent:
     def observe(self, outcome: StepOutcome) -> None:
         rec = self._current
         info = outcome.info
+        gain = self._pending if self._pending is not None else self._replayed_gain(outcome)
+        kept = gain if not outcome.rolled_back else StepGain()  # a rolled-back step gained nothing
+        self._gains.append(kept)
+        self._sparsity = np.asarray(outcome.obs["sparsity"], dtype=np.float64).copy()
+        self._pending, self._recalled = None, None
+        self._last = {**self._last, "gain_own": kept.own, "gain_topped_up": kept.topped_up,
+                      "gain_fallback": kept.fallback}
         ppl_after = float(info.get("rejected_ppl", info["ppl"])) if outcome.rolled_back else float(info["ppl"])
         levels = {self._short[i]: int(a) for i, a in enumerate(np.asarray(outcome.action)) if a}
         self.history.append(HistoryEntry(
@@ -153,14 +197,37 @@ class LLMAgent:
         self._current = None
 
     def recall(self, extras: dict[str, Any]) -> None:
-        """Resume (:class:`policies.base.Recalling`): the next observed step was decided with these extras."""
+        """Resume (:class:`policies.base.Recalling`): the next observed step was decided with these extras
+        (its reasoning for the history; its own levels and costs for :meth:`summary`)."""
         self._current = StepRecord(step=len(self.history) + 1, rationale=str(extras.get("rationale") or ""),
                                    reflection=str(extras.get("reflection") or ""),
                                    fallback=bool(extras.get("fallback", False)))
+        self._recalled = dict(extras)
+        self._pending = None
+        self._add_costs(int(extras.get("requests") or 0), int(extras.get("prompt_tokens") or 0),
+                        int(extras.get("completion_tokens") or 0),
+                        float(extras.get("llm_wait_s", extras.get("latency_s")) or 0.0))
 
     def record(self) -> dict[str, Any]:
-        """The last decision: rationale, reflection, tokens, requests, retries, errors, fallback, latency."""
+        """The last decision: rationale, reflection, tokens, requests, retries, errors, fallback, latency, the
+        levels before pacing (``own_action``) and, once observed, its kept gain (``gain_own``,
+        ``gain_topped_up``, ``gain_fallback``: 0 for a rolled-back step)."""
         return dict(self._last)
+
+    def summary(self) -> dict[str, Any]:
+        """The episode's accounting: ``own_share``, ``topped_up_share``, ``fallback_share`` of the kept
+        sparsity gain (None when nothing was kept), the gains themselves, and what the endpoint cost:
+        ``requests``, ``tokens`` (prompt + completion), ``prompt_tokens``, ``completion_tokens``,
+        ``llm_wait_s`` (seconds waited on the endpoint, backoffs included)."""
+        own = sum(g.own for g in self._gains)
+        topped = sum(g.topped_up for g in self._gains)
+        fallback = sum(g.fallback for g in self._gains)
+        c = self._costs
+        return {**gain_shares(self._gains), "own_gain": own, "topped_up_gain": topped, "fallback_gain": fallback,
+                "sparsity_gain": own + topped + fallback, "requests": int(c["requests"]),
+                "tokens": int(c["prompt_tokens"] + c["completion_tokens"]), "prompt_tokens": int(c["prompt_tokens"]),
+                "completion_tokens": int(c["completion_tokens"]), "llm_wait_s": float(c["llm_wait_s"]),
+                "endpoint": self.session.endpoint}
 
     def close(self) -> None:
         """Stop the local server this agent started, if any (idempotent)."""
@@ -174,6 +241,43 @@ class LLMAgent:
         self.close()
 
     # ------------------------------------------------------------------ helpers
+    def _count_endpoint_failure(self, rec: StepRecord) -> None:
+        """Count a step without any reply (transport reasons); EndpointError at ``max_endpoint_failures`` in a
+        row. Any other step breaks the run of failures (the endpoint answered, or failed for another reason)."""
+        if not rec.endpoint_failed:
+            self._failed_steps = 0
+            return
+        self._failed_steps += 1
+        self._last_failure = rec.transport_errors[-1] if rec.transport_errors else "no reply"
+        if self._failed_steps >= self.settings.max_endpoint_failures:
+            n = self._failed_steps
+            raise EndpointError(self.session.endpoint,
+                                f"{n} consecutive step{'s' if n > 1 else ''} failed (every request of each, after "
+                                f"{self.settings.max_retries} retries or {self.settings.step_time_limit_s:g} s), "
+                                f"the last with: {self._last_failure}")
+
+    def _gain(self, sparsity: np.ndarray, own: np.ndarray, paced: np.ndarray, fallback: bool) -> StepGain:
+        view = self._require_view()
+        return step_gain(sparsity, np.asarray(view.unit_numel), own, paced, step_size=view.step_size,
+                         cap=view.max_unit_sparsity, target=view.target_sparsity, fallback=fallback)
+
+    def _replayed_gain(self, outcome: StepOutcome) -> StepGain:
+        """The gain of a step replayed on a resume, from its recorded levels (steps recorded before
+        ``own_action`` existed count as wholly the agent's, or the fallback's)."""
+        extras = self._recalled or {}
+        applied = np.asarray(outcome.action, dtype=np.int64)
+        own = np.asarray(extras.get("own_action") or applied, dtype=np.int64)
+        if own.shape != applied.shape or np.any(own > applied):
+            own = applied
+        return self._gain(self._sparsity, own, applied, bool(extras.get("fallback", False)))
+
+    def _add_costs(self, requests: int, prompt_tokens: int, completion_tokens: int, wait_s: float) -> None:
+        c = self._costs
+        c["requests"] += requests
+        c["prompt_tokens"] += prompt_tokens
+        c["completion_tokens"] += completion_tokens
+        c["llm_wait_s"] += wait_s
+
     def _require_view(self) -> EnvView:
         if self._view is None:
             raise RuntimeError("call reset(view, obs, info) before act()")

@@ -28,6 +28,8 @@ ENV_VARS: Mapping[str, tuple[str, ...]] = {
     "max_tokens": ("PRUNE_GYM_AGENT_MAX_TOKENS",),
     "response_format": ("PRUNE_GYM_AGENT_RESPONSE_FORMAT",),
     "pace": ("PRUNE_GYM_AGENT_PACE",),
+    "max_endpoint_failures": ("PRUNE_GYM_AGENT_MAX_ENDPOINT_FAILURES",),
+    "step_time_limit_s": ("PRUNE_GYM_AGENT_STEP_TIME_LIMIT",),
 }
 
 
@@ -50,6 +52,8 @@ class AgentSettings:
     max_tokens: int = 384            # completion budget per request
     response_format: str = "auto"    # auto | json_schema | json_object | none
     pace: bool = True                # top up too-small actions so the target stays reachable (agent/pacing.py)
+    max_endpoint_failures: int = 2   # this many consecutive steps without a reply (transport errors): EndpointError
+    step_time_limit_s: float = 300.0  # all tries of one step together; past it the step counts as failed
 
     def validate(self) -> AgentSettings:
         """Return self, or raise ValueError naming the setting and the fix."""
@@ -65,6 +69,8 @@ class AgentSettings:
             ("history_size", self.history_size >= 0, ">= 0"),
             ("reflection_chars", self.reflection_chars >= 20, ">= 20"),
             ("max_tokens", self.max_tokens >= 32, ">= 32"),
+            ("max_endpoint_failures", self.max_endpoint_failures >= 1, ">= 1 step"),
+            ("step_time_limit_s", self.step_time_limit_s > 0, "> 0 seconds"),
         ]
         for name, ok, want in checks:
             if not ok:

@@ -100,6 +100,7 @@ class ReplayTransport:
         records = read_transcript(self.path)
         self._exchanges = list(self._pair(records))
         self._next = 0
+        self.last_latency_s: float | None = None
 
     def _pair(self, records: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
         pending: dict[str, Any] | None = None
@@ -120,7 +121,10 @@ class ReplayTransport:
         """Recorded exchanges not yet served."""
         return len(self._exchanges) - self._next
 
-    def send(self, request: dict[str, Any]) -> ChatReply:
+    def send(self, request: dict[str, Any], *, timeout: float | None = None) -> ChatReply:
+        """The recorded reply (or error) of this request; ``timeout`` is ignored, and ``last_latency_s`` is
+        set to the recorded latency, so the step time limit counts the recorded time and a replay gives up
+        exactly where the recorded run did."""
         if self._next >= len(self._exchanges):
             raise ReplayError(f"{self.path} has only {len(self._exchanges)} recorded requests, and the replay "
                               f"asked for one more: the replayed run diverged (different env or settings)")
@@ -130,6 +134,7 @@ class ReplayTransport:
                               f"{self.path}: {_first_difference(recorded['request'], request)}. Replay needs the "
                               f"same env settings and the same agent settings as the recorded run")
         self._next += 1
+        self.last_latency_s = float(outcome.get("latency_s") or 0.0)
         if outcome["type"] == "error":
             raise TransportError.from_record(outcome["error"])
         return ChatReply.from_record(outcome["reply"])

@@ -47,6 +47,12 @@ class TransportError(Exception):
             self.status is not None and (self.status in RETRYABLE_STATUS or self.status >= 500))
 
     @property
+    def endpoint_down(self) -> bool:
+        """A transport failure that says the endpoint is not serving: connection refused or reset, a timeout,
+        HTTP 5xx (what :class:`policies.agent.policy.LLMAgent` counts toward ``max_endpoint_failures``)."""
+        return self.kind in ("connection", "timeout") or (self.status is not None and self.status >= 500)
+
+    @property
     def fatal(self) -> bool:
         """A configuration error (key, model name, URL) that no retry or fallback should hide."""
         return self.status in FATAL_STATUS
@@ -62,8 +68,9 @@ class TransportError(Exception):
 class ChatTransport(Protocol):
     """Sends one request; no retries."""
 
-    def send(self, request: dict[str, Any]) -> ChatReply:
-        """The reply, or TransportError."""
+    def send(self, request: dict[str, Any], *, timeout: float | None = None) -> ChatReply:
+        """The reply, or TransportError. ``timeout``: seconds for this request (None: the transport's own),
+        so a step's time limit also bounds its last request."""
 
 
 class OpenAITransport:
@@ -77,10 +84,11 @@ class OpenAITransport:
         self._openai = openai
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
 
-    def send(self, request: dict[str, Any]) -> ChatReply:
+    def send(self, request: dict[str, Any], *, timeout: float | None = None) -> ChatReply:
         openai = self._openai
+        extra = {} if timeout is None else {"timeout": timeout}
         try:
-            response = self.client.chat.completions.create(**request)
+            response = self.client.chat.completions.create(**request, **extra)
         except openai.APITimeoutError as e:
             raise TransportError("timeout", str(e)) from e
         except openai.APIConnectionError as e:

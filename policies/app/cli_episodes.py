@@ -8,13 +8,15 @@ import json
 import sys
 from typing import Any
 
+from policies.runner import EpisodeError
+from prune_env.finalize import FINALIZE_MODES
 from prune_env.models import DEFAULT_MODEL, PRESETS
 from prune_env.sparsify import METHODS
 
-from .compare_job import DEFAULT_TASKS, CompareConfig, run_compare, score_model
-from .run_job import RunConfig, rebuild_run_env, run_policy
+from .compare_job import DEFAULT_TASKS, CompareConfig, failed_policies, run_compare, score_model
+from .run_job import DEFAULT_FINALIZE, RunConfig, rebuild_run_env, run_policy
 
-DEMO_POLICIES = "agent,uniform-wanda,owl,greedy-sensitivity"
+DEMO_POLICIES = "agent,uniform-wanda,owl,greedy-sensitivity,random-search"
 
 
 def _policy_names() -> str:
@@ -52,6 +54,10 @@ def _add_episode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seqlen", type=int, default=None, help="tokens per window (default 256 on CPU, 2048 on GPU)")
     p.add_argument("--batch-size", type=int, default=None, help="windows per forward (default 8)")
     p.add_argument("--text", default=None, help="calibration/evaluation text (default wiki)")
+    p.add_argument("--ood-text", default=None, help="second, out-of-domain test text (default lee, the packaged "
+                   "news prose; none turns the ood score off)")
+    p.add_argument("--ood-eval-samples", type=int, default=None, help="out-of-domain windows (default: as many as "
+                   "fit, at most 32)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--agent-base-url", default=None, help="OpenAI-compatible endpoint for the agent (default: "
@@ -64,12 +70,19 @@ def _add_episode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wandb-entity", default=None)
     p.add_argument("--wandb-mode", choices=("online", "offline", "disabled"), default=None,
                    help="default: online with WANDB_API_KEY, else offline (sync later with `wandb sync`)")
+    p.add_argument("--finalize", choices=FINALIZE_MODES, default=DEFAULT_FINALIZE,
+                   help="how the final model is made before it is scored: sequential (default) re-prunes the chosen "
+                        "allocation from dense block by block with sequential calibration, as the Wanda/SparseGPT "
+                        "references do; none keeps the env's one-shot weights (what the policy saw)")
+    p.add_argument("--budget", type=int, default=None, metavar="TOKENS",
+                   help="validation tokens a search (random-search) may evaluate; in compare the agent's own count "
+                        "wins when the agent runs (default: a search's own default of 20 evaluations)")
     p.add_argument("--json", action="store_true", help="print one JSON object with the results on stdout")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 ENV_FLAGS = ("step_size", "n_levels", "granularity", "calib_samples", "reward_eval_samples", "final_eval_samples",
-             "gradient_every", "seqlen", "batch_size", "text", "device", "dtype")
+             "gradient_every", "seqlen", "batch_size", "text", "ood_text", "ood_eval_samples", "device", "dtype")
 
 
 def _env_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -117,23 +130,46 @@ def add_run_parser(sub) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.resume:
-        metrics = run_policy(None, args.resume, resume=True,
-                             progress=not args.no_progress, log=_log(args), wandb=_wandb(args))
-    else:
-        if not args.policy:
-            raise ValueError(f"give --policy (one of: {_policy_names()}) or --resume DIR")
-        options = dict(args.policy_option)
-        if args.policy == "agent":
-            options = {**_agent_options(args), **options}
-        config = RunConfig(policy=args.policy, model=args.model, target=args.target, method=args.method,
-                           max_steps=args.max_steps, rollback_threshold=_rollback(args), seed=args.seed,
-                           env=_env_settings(args), policy_options=options).validate()
-        out = args.out or f"runs/{args.policy}-{args.target:g}"
-        metrics = run_policy(config, out, progress=not args.no_progress, log=_log(args), wandb=_wandb(args))
+    if not args.resume and not args.policy:
+        raise ValueError(f"give --policy (one of: {_policy_names()}) or --resume DIR")
+    out = args.resume or args.out or f"runs/{args.policy}-{args.target:g}"
+    config = None if args.resume else _run_config(args)
+    try:
+        metrics = run_policy(config, out, resume=bool(args.resume), progress=not args.no_progress, log=_log(args),
+                             wandb=_wandb(args))
+    except EpisodeError as err:
+        print(episode_failure_message(err, out), file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps({k: v for k, v in metrics.items() if k != "trace"}, default=str))
     return 0
+
+
+def _run_config(args: argparse.Namespace) -> RunConfig:
+    options = dict(args.policy_option)
+    if args.policy == "agent":
+        options = {**_agent_options(args), **options}
+    if args.budget is not None:
+        from policies.registry import is_search
+
+        if not is_search(args.policy):
+            raise ValueError(f"--budget is the budget of a search (random-search); {args.policy} takes none")
+        options["budget_tokens"] = args.budget
+    return RunConfig(policy=args.policy, model=args.model, target=args.target, method=args.method,
+                     max_steps=args.max_steps, rollback_threshold=_rollback(args), seed=args.seed,
+                     env=_env_settings(args), policy_options=options, finalize=args.finalize).validate()
+
+
+def episode_failure_message(err: EpisodeError, out: str) -> str:
+    """What ``run`` prints when the episode failed: the error (the agent's endpoint named when it is the cause)
+    and how to continue."""
+    lines = [f"prune-gym run: error: {err}"]
+    cause = err.__cause__
+    endpoint = getattr(cause, "endpoint", None)
+    if endpoint is not None:
+        lines.append(f"prune-gym run: the agent's endpoint {endpoint} failed: {getattr(cause, 'reason', cause)}")
+    lines.append(f"prune-gym run: {out} keeps every finished step; continue with: prune-gym run --resume {out}")
+    return "\n".join(lines)
 
 
 def add_compare_parser(sub) -> None:
@@ -158,13 +194,21 @@ def _compare(args: argparse.Namespace) -> int:
     options = {"agent": _agent_options(args)} if "agent" in policies else {}
     config = CompareConfig(policies=policies, model=args.model, target=args.target, max_steps=args.max_steps,
                            rollback_threshold=_rollback(args), seed=args.seed, env=_env_settings(args),
-                           policy_options=options, tasks=tasks, eval_limit=args.eval_limit or None)
+                           policy_options=options, tasks=tasks, eval_limit=args.eval_limit or None,
+                           finalize=args.finalize, budget_tokens=args.budget)
     results = run_compare(config, args.out, use_ray=args.ray, ray_address=args.address,
                           progress=not args.no_progress, log=_log(args), wandb=_wandb(args, group=args.out))
     if args.json:
         slim = {name: {k: v for k, v in row.items() if k not in ("trace", "sparsity_map")}
                 for name, row in results["policies"].items()}
         print(json.dumps({"dense": results["dense"], "policies": slim, "report": f"{args.out}/report.md"}, default=str))
+    failed = failed_policies(results)
+    if failed:
+        for name in failed:
+            print(f"prune-gym compare: {name} failed: {results['policies'][name].get('error')}", file=sys.stderr)
+        print(f"prune-gym compare: {len(failed)} of {len(policies)} policies failed; the others' results are in "
+              f"{args.out}/results.json and {args.out}/report.md", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -67,7 +67,7 @@ def run_prune_job(config: PruneJobConfig, *, progress: bool = True, log=print) -
     seqlen = config.seqlen or default_seqlen(loaded.device)
     tokens = build_token_sets(
         loaded.tokenizer, load_text(config.text), seqlen=seqlen, n_calib=config.calib_samples,
-        n_eval=config.eval_samples, seed=config.seed, needs_bos=loaded.needs_bos,
+        n_test=config.eval_samples, seed=config.seed, needs_bos=loaded.needs_bos,
     )
     log(f"model {loaded.source}: {structure.num_blocks} blocks, {len(structure.linears)} prunable linears "
         f"on {loaded.device} ({loaded.dtype}); {config.calib_samples} calibration and {config.eval_samples} "

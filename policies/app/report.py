@@ -3,11 +3,16 @@
 ``results`` (written by :mod:`policies.app.compare_job`)::
 
     {"command": str, "versions": {...}, "machine": str, "date": str, "model": str, "target": float,
-     "dense": {"ppl": float, "knowledge": {task: score}},
-     "policies": {name: {"ppl", "dense_ppl", "ppl_ratio", "sparsity", "steps", "rollbacks", "wall_seconds",
-                         "tokens", "knowledge": {task: score}, "retention": {task: ratio},
-                         "sparsity_map": {unit: level}, "trace": [{"step", "ppl", "rolled_back",
-                         "rejected_ppl"?, "global_sparsity"}], "error"?: str}}}
+     "finalize": str, "budgets": {search: {"options": {...}, "source": str}},
+     "dense": {"ppl": float, "ood_ppl": float | None, "knowledge": {task: score}},
+     "policies": {name: row}}
+
+A row (``status: ok``) has at least ``policy``, ``ppl`` (test windows), ``ood_ppl``, ``dense_ppl``,
+``dense_ood_ppl``, ``sparsity`` (measured), ``evaluations``, ``tokens_evaluated``, ``finalize``,
+``validation_ppl``, ``status``, ``error`` (None), plus ``ppl_ratio``, ``steps``, ``rollbacks``,
+``wall_seconds``, ``tokens``, ``knowledge``, ``retention``, ``sparsity_map``, ``trace``; an agent row also
+``own_share``, ``topped_up_share``, ``fallback_share``, ``requests``, ``llm_wait_s``; a search row
+``budget_source``. A failed row is ``{"policy", "status": "failed", "error", "ppl": None}``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from typing import Any
 
 SPARSITY_PLOT = "unit_sparsity.png"
 TRACE_PLOT = "ppl_over_steps.png"
+BELOW_TARGET = 0.005   # a measured sparsity this far under the target is flagged
+MIN_OWN_SHARE = 0.5    # an agent row whose own choices made less than this share of its pruning is flagged
+AGENT_KEYS = ("own_share", "topped_up_share", "fallback_share")
 
 
 def _fmt(value: Any, spec: str = ".3f") -> str:
@@ -25,42 +33,139 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
         return "-"
     if isinstance(value, float):
         return format(value, spec)
+    if isinstance(value, int) and not isinstance(value, bool) and spec == ",":
+        return format(value, ",")
     return str(value)
+
+
+def is_failed(row: Mapping[str, Any]) -> bool:
+    """A failed row (or an old-style row that only has an error)."""
+    return row.get("status") == "failed" or (row.get("status") is None and bool(row.get("error")))
+
+
+def is_agent_row(row: Mapping[str, Any]) -> bool:
+    return any(key in row for key in AGENT_KEYS)
 
 
 def knowledge_tasks(results: Mapping[str, Any]) -> list[str]:
     """Task names that have a retention value for at least one policy, in first-seen order."""
     tasks: list[str] = []
     for row in results["policies"].values():
-        for task in row.get("retention", {}):
+        for task in row.get("retention", {}) or {}:
             if task not in tasks:
                 tasks.append(task)
     return tasks
 
 
+def row_flags(row: Mapping[str, Any], target: float) -> list[str]:
+    """Why a row's numbers are not comparable at face value: below the target sparsity; an agent whose own
+    choices made less than half of its pruning (or whose shares are unknown)."""
+    flags = []
+    if row.get("sparsity") is not None and row["sparsity"] < target - BELOW_TARGET:
+        flags.append("below target")
+    if is_agent_row(row):
+        own = row.get("own_share")
+        if own is None:
+            flags.append("own share unknown")
+        elif own < MIN_OWN_SHARE:
+            flags.append(f"own share {own:.2f} < {MIN_OWN_SHARE}")
+    return flags
+
+
 def results_table(results: Mapping[str, Any]) -> str:
-    """One row per policy: perplexity, ratio to dense, knowledge retention per task, sparsity, cost."""
+    """One row per policy: test / ood / validation perplexity, ratio to dense, knowledge retention per task,
+    sparsity, validation work (evaluations, tokens), finalization, cost, flags."""
     tasks = knowledge_tasks(results)
-    head = ["policy", "perplexity", "x dense", *[f"{t} retention" for t in tasks], "sparsity", "steps",
-            "rollbacks", "wall (s)", "agent tokens"]
+    head = ["policy", "test ppl", "x dense", "ood ppl", "validation ppl", *[f"{t} retention" for t in tasks],
+            "sparsity", "evaluations", "tokens evaluated", "finalize", "steps", "rollbacks", "wall (s)",
+            "agent tokens", "flags"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     dense = results.get("dense", {})
+    target = results.get("target", 0)
     if dense:
-        lines.append("| dense | " + " | ".join([_fmt(dense.get("ppl"), ".2f"), "1.000", *["1.000"] * len(tasks),
-                                                 "0.000", "-", "-", "-", "-"]) + " |")
+        lines.append("| dense | " + " | ".join([_fmt(dense.get("ppl"), ".2f"), "1.000", _fmt(dense.get("ood_ppl"), ".2f"),
+                                                 "-", *["1.000"] * len(tasks), "0.000", "-", "-", "-", "-", "-", "-",
+                                                 "-", ""]) + " |")
     for name, row in results["policies"].items():
-        if row.get("error"):
-            lines.append(f"| {name} | failed: {row['error'][:80]} |" + " |" * (len(head) - 2))
+        if is_failed(row):
+            cells = [name, "failed", *["-"] * (len(head) - 3), "failed (see below)"]
+            lines.append("| " + " | ".join(cells) + " |")
             continue
-        sparsity = _fmt(row.get("sparsity"))
-        if row.get("sparsity") is not None and row["sparsity"] < results.get("target", 0) - 0.005:
-            sparsity += " (below target)"
-        cells = [name, _fmt(row.get("ppl"), ".2f"), _fmt(row.get("ppl_ratio")),
-                 *[_fmt(row.get("retention", {}).get(t)) for t in tasks], sparsity,
+        cells = [name, _fmt(row.get("ppl"), ".2f"), _fmt(row.get("ppl_ratio")), _fmt(row.get("ood_ppl"), ".2f"),
+                 _fmt(row.get("validation_ppl"), ".2f"),
+                 *[_fmt((row.get("retention") or {}).get(t)) for t in tasks], _fmt(row.get("sparsity")),
+                 _fmt(row.get("evaluations")), _fmt(row.get("tokens_evaluated"), ","), _fmt(row.get("finalize")),
                  _fmt(row.get("steps")), _fmt(row.get("rollbacks")), _fmt(row.get("wall_seconds"), ".0f"),
-                 _fmt(row.get("tokens") or None)]
+                 _fmt(row.get("tokens") or None, ","), "; ".join(row_flags(row, target))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def failed_notes(results: Mapping[str, Any]) -> list[str]:
+    """The failed policies with their errors (the run directory keeps the traceback in ``error.txt``)."""
+    failed = [(name, row) for name, row in results["policies"].items() if is_failed(row)]
+    if not failed:
+        return []
+    lines = ["", "## Failed policies", ""]
+    for name, row in failed:
+        where = f" (traceback: `{row['run_dir']}/error.txt`)" if row.get("run_dir") else ""
+        lines.append(f"- **{name}** failed{where}: {row.get('error')}")
+    return lines
+
+
+def agent_notes(results: Mapping[str, Any]) -> list[str]:
+    """Per agent row, how much of its pruning was its own: the shares of the sparsity its kept steps gained that
+    came from the LLM's validated answers, from pacing top-ups and from fallback actions; requests, tokens,
+    time waiting for the LLM."""
+    rows = [(name, row) for name, row in results["policies"].items() if not is_failed(row) and is_agent_row(row)]
+    if not rows:
+        return []
+    lines = ["", "## Agent accounting", "",
+             "| policy | own share | topped-up share | fallback share | requests | tokens | LLM wait (s) | "
+             "answer retries | fallback steps |", "|" + "---|" * 9]
+    for name, row in rows:
+        totals = row.get("totals") or {}
+        lines.append("| " + " | ".join([
+            name, _fmt(row.get("own_share")), _fmt(row.get("topped_up_share")), _fmt(row.get("fallback_share")),
+            _fmt(row.get("requests")), _fmt(row.get("tokens"), ","), _fmt(row.get("llm_wait_s"), ".0f"),
+            str(int(totals.get("answer_retries", 0))), str(int(totals.get("fallbacks", 0)))]) + " |")
+    lines += ["", f"Shares split the global sparsity the agent's kept steps gained: its own validated choices, "
+                  f"levels pacing added to reach the target, fallback actions; they sum to 1. A row whose own "
+                  f"share is below {MIN_OWN_SHARE} is flagged in the results table: most of its pruning was not "
+                  f"the LLM's."]
+    return lines
+
+
+def budget_notes(results: Mapping[str, Any]) -> list[str]:
+    """Where each search's budget came from (the agent's validation tokens, --budget, or the default)."""
+    budgets = results.get("budgets") or {}
+    lines = []
+    for name, row in results["policies"].items():
+        source = row.get("budget_source") or (budgets.get(name) or {}).get("source")
+        if not source:
+            continue
+        spent = "" if is_failed(row) else (f"; it used {_fmt(row.get('tokens_evaluated'), ',')} tokens in "
+                                           f"{row.get('evaluations')} evaluations")
+        lines.append(f"- {name}: budget {source}{spent}.")
+    if not lines:
+        return []
+    return ["", "## Search budgets", "",
+            "Searches get the agent's budget in validation tokens evaluated (its rejected steps included); a "
+            "search stops when its next evaluation would pass it.", "", *lines]
+
+
+def finalize_note(results: Mapping[str, Any]) -> str:
+    modes = sorted({str(row.get("finalize")) for row in results["policies"].values()
+                    if not is_failed(row) and row.get("finalize")})
+    explained = {"sequential": "sequential = the policy's allocation re-pruned from the dense weights block by "
+                               "block with sequential calibration, as the Wanda / SparseGPT references and "
+                               "`prune-gym prune --mode sequential` do",
+                 "none": "none = the env's own weights (each unit re-pruned with one-shot dense statistics), "
+                         "the state the policy saw"}
+    parts = [explained.get(m, m) for m in modes] or ["none recorded"]
+    return ("Finalization (column finalize): " + "; ".join(parts) + ". Test and ood perplexity, sparsity and "
+            "retention are of the finalized model; validation ppl is what the policy saw at its last step "
+            "(the env's weights on the validation windows it was rewarded on).")
 
 
 def plot_unit_sparsity(results: Mapping[str, Any], path: Path) -> Path:
@@ -68,7 +173,7 @@ def plot_unit_sparsity(results: Mapping[str, Any], path: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 4))
     for name, row in results["policies"].items():
-        levels = list(row.get("sparsity_map", {}).values())
+        levels = list((row.get("sparsity_map") or {}).values())
         if levels:
             ax.plot(range(len(levels)), levels, marker="o", markersize=3, label=name)
     ax.set_xlabel("unit (decoder block / linear, in model order)")
@@ -85,7 +190,7 @@ def plot_ppl_over_steps(results: Mapping[str, Any], path: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 4))
     for name, row in results["policies"].items():
-        trace = row.get("trace", [])
+        trace = row.get("trace") or []
         if not trace:
             continue
         line = ax.plot([t["step"] for t in trace], [t["ppl"] for t in trace], marker=".", label=name)[0]
@@ -93,15 +198,16 @@ def plot_ppl_over_steps(results: Mapping[str, Any], path: Path) -> Path:
         if rejected:
             ax.scatter(*zip(*rejected), marker="x", s=60, color=line.get_color())
     ax.set_xlabel("step")
-    ax.set_ylabel("reward perplexity")
+    ax.set_ylabel("validation perplexity")
     ax.set_yscale("log")
-    ax.set_title("Perplexity over steps (x: rejected step, rolled back)")
-    ax.legend(fontsize=8)
+    ax.set_title("Validation perplexity over steps (x: rejected step, rolled back)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     return _save(fig, plt, path)
 
 
 def render_report(results: Mapping[str, Any], *, plots: bool = True) -> str:
-    """The Markdown report: what was run, the table, the plots, how to reproduce it."""
+    """The Markdown report: what was run, the table, failures, agent accounting, budgets, plots."""
     dense = results.get("dense", {})
     parts = [
         f"# prune-gym comparison: {results.get('model', '?')} at {results.get('target', 0):.0%} sparsity",
@@ -120,30 +226,24 @@ def render_report(results: Mapping[str, Any], *, plots: bool = True) -> str:
         "",
         results_table(results),
         "",
-        f"Perplexity: {results.get('eval_description', 'held-out windows')}; dense perplexity "
-        f"{_fmt(dense.get('ppl'), '.2f')}. Retention = pruned score / dense score per task "
+        f"Test ppl: {results.get('eval_description', 'held-out test windows')}; dense {_fmt(dense.get('ppl'), '.2f')}. "
+        f"Ood ppl: {results.get('ood_description', 'out-of-domain text')}; dense "
+        f"{_fmt(dense.get('ood_ppl'), '.2f')}. Retention = pruned score / dense score per task "
         f"({results.get('knowledge_description', 'pg_knowledge tasks')}). Sparsity: measured zeros over all "
-        "prunable linears. Steps and rollbacks: env steps taken and steps rejected by AutoRollback.",
+        "prunable linears. Evaluations and tokens evaluated: the validation work of the episode (every env step, "
+        "rejected ones included, and every direct evaluation). Steps and rollbacks: env steps taken and steps "
+        "rejected by AutoRollback. Flags: below target (sparsity more than half a point under it); an agent's "
+        f"own share below {MIN_OWN_SHARE}.",
+        "",
+        finalize_note(results),
+        *failed_notes(results),
         *agent_notes(results),
+        *budget_notes(results),
     ]
     if plots:
         parts += ["", "## Per-unit sparsity", "", f"![per-unit sparsity]({SPARSITY_PLOT})",
                   "", "## Perplexity over steps", "", f"![perplexity over steps]({TRACE_PLOT})"]
     return "\n".join(parts) + "\n"
-
-
-def agent_notes(results: Mapping[str, Any]) -> list[str]:
-    """One line per LLM policy: requests, fallbacks, pacing top-ups (how much of its pruning was its own)."""
-    lines = []
-    for name, row in results["policies"].items():
-        totals = row.get("totals") or {}
-        if "requests" not in totals:
-            continue
-        lines.append(f"\n{name}: {int(totals.get('requests', 0))} requests, {int(totals.get('answer_retries', 0))} "
-                     f"answer retries, {int(totals.get('fallbacks', 0))} fallback steps, "
-                     f"{int(totals.get('topped_up_levels', 0))} levels added by pacing, "
-                     f"{row.get('tokens', 0)} tokens, {totals.get('latency_s', 0):.0f} s waiting for the LLM.")
-    return lines
 
 
 def write_report(results: Mapping[str, Any], out_dir: str | Path) -> Path:

@@ -9,6 +9,13 @@ Run directory::
     sparsity_map.json  {unit: sparsity} of the final model
     final.json         final metrics (written last: its absence marks an unfinished run)
 
+After the episode the chosen allocation is finalized (``finalize="sequential"``, the default): re-pruned from
+the dense weights block by block with sequential calibration, as the Wanda / SparseGPT references and
+``prune-gym prune --mode sequential`` do (:func:`prune_env.finalize.finalize_allocation`). The test and
+out-of-domain perplexities, the measured sparsity, the masks and the harness scores are of that model; the
+validation perplexity the policy saw (the env's one-shot weights) is kept as ``validation_ppl``.
+``finalize="none"`` scores the env's own weights.
+
 A resumed run reads ``config.json`` and ``steps.jsonl``, keeps the old files as ``*.resumed-N.jsonl``, and
 replays the recorded steps through a fresh env (deterministic: the same perplexity, checked), then the policy
 goes on. The agent is not asked again for replayed steps.
@@ -33,6 +40,7 @@ from policies.registry import make_policy, required_method, spec
 from policies.runner import EpisodeResult, load_steps, run_episode
 from prune_env.env import make_pruning_env
 from prune_env.env_config import PruningEnvConfig
+from prune_env.finalize import check_finalize_mode, finalize_allocation
 from prune_env.models import DEFAULT_MODEL
 
 from .benchdoc import machine_description
@@ -43,6 +51,9 @@ STEPS = "steps.jsonl"
 TRANSCRIPT = "transcript.jsonl"
 MASKS = "masks.safetensors"
 SPARSITY_MAP = "sparsity_map.json"
+DEFAULT_FINALIZE = "sequential"
+# The agent's accounting, lifted from its summary onto its results row (issue 11).
+AGENT_FIELDS = ("own_share", "topped_up_share", "fallback_share", "requests", "tokens", "llm_wait_s")
 
 
 @dataclass
@@ -58,6 +69,7 @@ class RunConfig:
     seed: int = 0
     env: dict[str, Any] = field(default_factory=dict)
     policy_options: dict[str, Any] = field(default_factory=dict)
+    finalize: str = DEFAULT_FINALIZE   # sequential: re-prune the final allocation as the references do; none
 
     def env_config(self) -> PruningEnvConfig:
         """The validated env config; the policy's kernel wins over ``method`` when it has one."""
@@ -77,13 +89,15 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         spec(self.policy)  # unknown names fail here, listing the known ones
+        check_finalize_mode(self.finalize)
         self.env_config()
         return self
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        """A recorded config; one written before finalization existed scored the env's own weights."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**{"finalize": "none", **{k: v for k, v in data.items() if k in names}})
 
 
 def versions() -> dict[str, str]:
@@ -151,6 +165,7 @@ def run_policy(
     log: Callable[[str], None] = print,
     wandb: Any = None,
     dense_ppl: float | None = None,
+    dense_ood_ppl: float | None = None,
 ) -> dict[str, Any]:
     """Run one episode into ``out_dir`` and return the final metrics (also in ``final.json``).
 
@@ -158,6 +173,10 @@ def run_policy(
 
     ``env``: an already built env with the same config (``compare`` shares one per kernel); it is reset here.
     ``wandb``: a :class:`policies.app.wandb_log.WandbSettings` to log the run, or None.
+    ``dense_ppl`` / ``dense_ood_ppl``: the dense test / ood perplexities when known (``compare``).
+
+    A failing policy raises :class:`policies.runner.EpisodeError` (the env at its last checkpoint); the run
+    directory then has no ``final.json`` and ``--resume`` continues it.
     """
     out = Path(out_dir)
     start_from: list[dict[str, Any]] = []
@@ -177,53 +196,91 @@ def run_policy(
     config.validate()
     out.mkdir(parents=True, exist_ok=True)
     env_config = config.env_config()
-    if not resume:
-        (out / CONFIG).write_text(json.dumps({
-            "run": asdict(config), "env": env_config.as_dict(), "command": command_line(), "versions": versions(),
-            "machine": machine_description(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        }, indent=2, default=str))
     owns_env = env is None
     env = env if env is not None else build_env(config, progress=progress)
+    if not resume:
+        (out / CONFIG).write_text(json.dumps({
+            "run": asdict(config), "env": env_config.as_dict(), "tokens": env.unwrapped.tokens.describe(),
+            "command": command_line(), "versions": versions(), "machine": machine_description(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }, indent=2, default=str))
     policy = make_run_policy(config, out)
     with ExitStack() as stack:
         run = stack.enter_context(_wandb_run(wandb, config, env_config, out)) if wandb is not None else None
         try:
             result: EpisodeResult = run_episode(
                 env, policy, steps_path=out / STEPS, seed=config.seed, progress=progress, log=log,
-                start_from=start_from, dense_ppl=dense_ppl,
-                on_record=run.log_record if run else None)
+                start_from=start_from, dense_ppl=dense_ppl, dense_ood_ppl=dense_ood_ppl,
+                on_record=run.log_record if run else None, finalize=finalizer(config.finalize))
         finally:
             close = getattr(policy, "close", None)
             if callable(close):
                 close()
         save_masks(env, out / MASKS)
         (out / SPARSITY_MAP).write_text(json.dumps(result.sparsity_map, indent=2))
-        metrics = final_metrics(result, out)
+        metrics = final_metrics(result, out, agent=is_agent(config.policy))
         if run is not None:
             _log_wandb_final(run, config, metrics, out)
     (out / FINAL).write_text(json.dumps(metrics, indent=2, default=str))
-    log(f"{config.policy}: perplexity {metrics['ppl']:.3f} (dense {metrics['dense_ppl']:.3f}, "
-        f"x{metrics['ppl_ratio']:.3f}), sparsity {metrics['sparsity']:.4f}, {metrics['steps']} steps, "
-        f"{metrics['rollbacks']} rollbacks, {metrics['wall_seconds']:.0f} s -> {out}")
+    log(f"{config.policy}: test perplexity {metrics['ppl']:.3f} (dense {metrics['dense_ppl']:.3f}, "
+        f"x{metrics['ppl_ratio']:.3f}; finalize {metrics['finalize']}; validation {metrics['validation_ppl']:.3f}), "
+        f"sparsity {metrics['sparsity']:.4f}, {metrics['steps']} steps, {metrics['rollbacks']} rollbacks, "
+        f"{metrics['evaluations']} evaluations, {metrics['wall_seconds']:.0f} s -> {out}")
     if owns_env:
         env.close()
     return metrics
 
 
-def final_metrics(result: EpisodeResult, out: Path) -> dict[str, Any]:
-    """The run's headline numbers plus its per-step trace (for plots)."""
+def is_agent(policy: str) -> bool:
+    """Whether ``policy`` is an LLM agent (its row carries the agent's accounting)."""
+    return spec(policy).factory.startswith("policies.agent")
+
+
+def finalizer(mode: str) -> Callable[[Any], dict[str, Any]] | None:
+    """The ``run_episode(finalize=...)`` callable of a finalization mode (None: keep the env's weights)."""
+    check_finalize_mode(mode)
+    if mode == "none":
+        return None
+    return lambda env: finalize_allocation(env, mode)
+
+
+def agent_accounting(result: EpisodeResult) -> dict[str, Any]:
+    """The agent's six accounting fields: from its ``summary()``, else (an agent without them) what the per-step
+    totals give, shares unknown (None)."""
+    summary, totals = result.summary, result.totals
+    fallback = {"own_share": None, "topped_up_share": None, "fallback_share": None,
+                "requests": int(totals.get("requests", 0)),
+                "tokens": int(totals.get("prompt_tokens", 0) + totals.get("completion_tokens", 0)),
+                "llm_wait_s": float(totals.get("latency_s", 0.0))}
+    return {key: summary.get(key, fallback[key]) if isinstance(summary, Mapping) else fallback[key]
+            for key in AGENT_FIELDS}
+
+
+def final_metrics(result: EpisodeResult, out: Path, *, agent: bool = False) -> dict[str, Any]:
+    """The run's results row: headline numbers (the fields of ``results.json``), its per-step trace (for
+    plots), the agent's accounting (agent runs) and a search's budget (searches)."""
     trace = [{"step": r["step"], "ppl": r["ppl"], "global_sparsity": r.get("global_sparsity"),
               "rolled_back": bool(r.get("rolled_back")), **({"rejected_ppl": r["rejected_ppl"]} if r.get("rejected_ppl") else {})}
              for r in result.records if r.get("kind") in ("step", "direct")]
     tokens = int(result.totals.get("prompt_tokens", 0) + result.totals.get("completion_tokens", 0))
-    return {
-        "policy": result.policy, "ppl": result.final_ppl, "dense_ppl": result.dense_ppl, "ppl_ratio": result.ppl_ratio,
-        "reward_ppl": result.reward_ppl, "sparsity": result.global_sparsity, "target": result.target_sparsity,
-        "steps": result.steps, "rollbacks": result.rollbacks, "ppl_evaluations": result.ppl_evaluations,
-        "wall_seconds": result.wall_seconds, "tokens": tokens, "totals": result.totals,
+    metrics: dict[str, Any] = {
+        "policy": result.policy, "status": "ok", "error": None,
+        "ppl": result.final_ppl, "ood_ppl": result.ood_ppl, "dense_ppl": result.dense_ppl,
+        "dense_ood_ppl": result.dense_ood_ppl, "ppl_ratio": result.ppl_ratio,
+        "validation_ppl": result.reward_ppl, "finalize": result.finalize,
+        "finalize_seconds": result.finalize_seconds, "sparsity": result.global_sparsity,
+        "target": result.target_sparsity, "evaluations": result.evaluations,
+        "tokens_evaluated": result.tokens_evaluated, "steps": result.steps, "rollbacks": result.rollbacks,
+        "restores": result.restores, "wall_seconds": result.wall_seconds, "tokens": tokens, "totals": result.totals,
         "terminated": result.terminated, "truncated": result.truncated, "sparsity_map": result.sparsity_map,
         "trace": trace, "run_dir": str(out),
     }
+    if agent:
+        metrics.update(agent_accounting(result))
+    for key in ("budget", "budget_tokens"):  # a search's budget, as it ran
+        if key in result.summary:
+            metrics[key] = result.summary[key]
+    return metrics
 
 
 def _wandb_run(settings: Any, config: RunConfig, env_config: PruningEnvConfig, out: Path) -> Any:
@@ -249,7 +306,8 @@ def _log_wandb_final(run: Any, config: RunConfig, metrics: dict[str, Any], out: 
 
 def rebuild_run_env(run_dir: str | Path, *, progress: bool = True) -> Any:
     """A fresh env holding a finished run's final model: its sparsity map re-applied from the dense weights
-    (deterministic), checked mask for mask against the run's ``masks.safetensors``."""
+    and finalized as the run was (deterministic), checked mask for mask against the run's
+    ``masks.safetensors``."""
     from safetensors.torch import load_file
 
     out = Path(run_dir)
@@ -260,6 +318,7 @@ def rebuild_run_env(run_dir: str | Path, *, progress: bool = True) -> Any:
     env = build_env(config, progress=progress)
     env.reset(seed=config.seed)
     env.unwrapped.apply_allocation(json.loads((out / SPARSITY_MAP).read_text()))
+    finalize_allocation(env, config.finalize)
     saved = load_file(str(out / MASKS))
     for lin in env.unwrapped.structure.linears:
         if not np.array_equal(packed_mask(lin), saved[lin.name].numpy()):

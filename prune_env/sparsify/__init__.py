@@ -6,6 +6,7 @@ Every kernel takes a weight in ``(out_features, in_features)`` layout and return
 
 from .magnitude import magnitude_scores, magnitude_sparsify
 from .patterns import NM, check_ratio, select
+from .precision import full_fp32_precision
 from .result import SparsifyResult
 from .sparsegpt import sparsegpt_sparsify
 from .wanda import wanda_scores, wanda_sparsify
@@ -17,6 +18,7 @@ __all__ = [
     "NM",
     "SparsifyResult",
     "check_ratio",
+    "full_fp32_precision",
     "magnitude_scores",
     "magnitude_sparsify",
     "select",

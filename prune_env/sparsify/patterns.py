@@ -41,7 +41,10 @@ class NM:
 
     def check_columns(self, columns: int) -> None:
         if columns % self.m:
-            raise ValueError(f"N:M {self} needs the number of input features ({columns}) to be a multiple of {self.m}")
+            raise ValueError(
+                f"N:M {self} needs the number of input features ({columns}) to be a multiple of {self.m} (groups of "
+                f"{self.m} consecutive columns); choose an M that divides {columns} or an unstructured sparsity"
+            )
 
 
 def check_ratio(sparsity: float, what: str = "sparsity") -> float:
