@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from prune_env.env import PruningEnv
 
 SMALL = dict(seqlen=32, calib_samples=4, reward_eval_samples=2, final_eval_samples=4, gradient_samples=2,
@@ -10,3 +12,11 @@ SMALL = dict(seqlen=32, calib_samples=4, reward_eval_samples=2, final_eval_sampl
 
 def make_env(model_dir, method: str = "wanda", **overrides) -> PruningEnv:
     return PruningEnv(model=str(model_dir), method=method, **{**SMALL, **overrides})
+
+
+def block_wanda_scores(env: PruningEnv, block: int) -> torch.Tensor:
+    """All ``|W| * ||X||_2`` scores of one block's linears, flattened together: the direct computation the formula
+    baselines' tests check their plans against (dense weights, the env's one-shot statistics)."""
+    metric = [env.dense.get(lin.name).abs() * env.stats[lin.name].sq_norm.sqrt().unsqueeze(0)
+              for lin in env.structure.linears if lin.block == block]
+    return torch.cat([m.flatten() for m in metric])

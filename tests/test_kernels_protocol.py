@@ -3,13 +3,13 @@ inside the statistics and SparseGPT with the caller's settings restored, and a l
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 import torch
+from tiny_models import correlated_layer
 
 from prune_env.sparsify import NM, full_fp32_precision, magnitude_sparsify, sparsegpt_sparsify, wanda_sparsify
 from prune_env.sparsify.precision import _precision_leaves, fp32_precision_settings, is_full_fp32
@@ -18,14 +18,8 @@ from prune_env.statistics import LayerStatistics
 
 
 def _layer(rows: int, cols: int, tokens: int = 1024, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """A weight and correlated inputs with a few outlier features."""
-    gen = torch.Generator().manual_seed(seed)
-    weight = torch.randn(rows, cols, generator=gen)
-    mix = torch.randn(cols, cols, generator=gen) / math.sqrt(cols)
-    scale = torch.ones(cols)
-    scale[torch.randperm(cols, generator=gen)[:4]] = 10.0
-    x = (torch.randn(tokens, cols, generator=gen) @ (torch.eye(cols) + 0.8 * mix)) * scale
-    return weight, x
+    """A weight and correlated inputs with 4 outlier features 10x larger."""
+    return correlated_layer(rows, cols, tokens, seed, outliers=4, scale=10.0)
 
 
 def _stats(x: torch.Tensor) -> LayerStatistics:

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from tiny_models import correlated_layer
 
 from prune_env.sparsify import NM, magnitude_sparsify, sparsegpt_sparsify, wanda_sparsify
 from prune_env.sparsify.patterns import smallest_overall, smallest_per_row
@@ -13,14 +14,8 @@ from prune_env.statistics import LayerStatistics, NonFiniteStatisticsError
 
 
 def _layer(rows: int = 48, cols: int = 64, tokens: int = 2048, seed: int = 0):
-    """A weight and correlated inputs with a few outlier features, like real LLM activations."""
-    gen = torch.Generator().manual_seed(seed)
-    weight = torch.randn(rows, cols, generator=gen)
-    mix = torch.randn(cols, cols, generator=gen) / math.sqrt(cols)
-    scale = torch.ones(cols)
-    scale[torch.randperm(cols, generator=gen)[:6]] = 20.0
-    x = (torch.randn(tokens, cols, generator=gen) @ (torch.eye(cols) + 0.8 * mix)) * scale
-    return weight, x
+    """A weight and correlated inputs with 6 outlier features 20x larger."""
+    return correlated_layer(rows, cols, tokens, seed, outliers=6, scale=20.0)
 
 
 def _stats(x: torch.Tensor, hessian: bool = True) -> LayerStatistics:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import transformers as tf
 
@@ -43,3 +45,16 @@ def tiny_model(arch: str, seed: int = 0) -> torch.nn.Module:
 def random_tokens(n: int, seqlen: int, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, VOCAB, (n, seqlen), generator=gen)
+
+
+def correlated_layer(rows: int, cols: int, tokens: int, seed: int, *, outliers: int,
+                     scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random ``(rows, cols)`` weight and ``[tokens, cols]`` correlated inputs whose ``outliers`` features are
+    ``scale`` times larger, like real LLM activations (the kernels' test layer)."""
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(rows, cols, generator=gen)
+    mix = torch.randn(cols, cols, generator=gen) / math.sqrt(cols)
+    gain = torch.ones(cols)
+    gain[torch.randperm(cols, generator=gen)[:outliers]] = scale
+    x = (torch.randn(tokens, cols, generator=gen) @ (torch.eye(cols) + 0.8 * mix)) * gain
+    return weight, x

@@ -18,9 +18,8 @@ import numpy as np
 import torch
 
 from ..base import EnvView
-from .allocation import centre_on_target
 from .owl import owl_sparsities
-from .planned import PlannedPolicy
+from .planned import PlannedPolicy, block_plan
 from .uniform import check_method
 
 if TYPE_CHECKING:
@@ -99,13 +98,8 @@ class DlpPolicy(PlannedPolicy):
         env = view.env
         self.used_alpha = dlp_alpha(view.target_sparsity) if self.alpha is None else self.alpha
         self.block_scores = block_mean_scores(env)
-        blocks = sorted(self.block_scores)
-        block_numel = [sum(lin.numel for lin in env.structure.linears_in_block(b)) for b in blocks]
-        per_block = dict(zip(blocks, dlp_sparsities([self.block_scores[b] for b in blocks], view.target_sparsity,
-                                                    self.used_alpha, block_numel)))
-        units = [per_block[unit.blocks[0]] for unit in env.units]
-        return centre_on_target(np.array(units), np.asarray(view.unit_numel), view.target_sparsity,
-                                view.max_unit_sparsity)
+        return block_plan(view, self.block_scores,
+                          lambda values, numel: dlp_sparsities(values, view.target_sparsity, self.used_alpha, numel))
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "alpha": self.used_alpha,

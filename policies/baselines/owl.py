@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from ..base import EnvView
-from .allocation import centre_on_target
-from .planned import PlannedPolicy
+from .planned import PlannedPolicy, block_plan
 from .uniform import check_method
 
 if TYPE_CHECKING:
@@ -77,13 +76,8 @@ class OwlPolicy(PlannedPolicy):
             raise ValueError("owl needs view.env (the unwrapped PruningEnv) to read weights and statistics")
         env = view.env
         self.outlier_ratios = block_outlier_ratios(env, self.m)
-        blocks = sorted(self.outlier_ratios)
-        block_numel = [sum(lin.numel for lin in env.structure.linears_in_block(b)) for b in blocks]
-        per_block = dict(zip(blocks, owl_sparsities([self.outlier_ratios[b] for b in blocks], view.target_sparsity,
-                                                    self.lam, block_numel)))
-        units = [per_block[unit.blocks[0]] for unit in env.units]
-        return centre_on_target(np.array(units), np.asarray(view.unit_numel), view.target_sparsity,
-                                view.max_unit_sparsity)
+        return block_plan(view, self.outlier_ratios,
+                          lambda values, numel: owl_sparsities(values, view.target_sparsity, self.lam, numel))
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "outlier_ratios": {str(b): r for b, r in self.outlier_ratios.items()}}

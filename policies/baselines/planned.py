@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..base import EnvView, StepOutcome
-from .allocation import levels_toward, weighted_rms
+from .allocation import centre_on_target, levels_toward, weighted_rms
+
+
+def block_plan(view: EnvView, block_values: Mapping[int, float],
+               sparsities: Callable[[list[float], list[int]], Sequence[float]]) -> np.ndarray:
+    """Per-unit plan from a per-block formula: ``sparsities(values, block_numel)`` over the blocks in order, each
+    unit taking its (first) block's ratio, then centred on the target within the cap (OWL's and DLP's shape)."""
+    env = view.env
+    blocks = sorted(block_values)
+    block_numel = [sum(lin.numel for lin in env.structure.linears_in_block(b)) for b in blocks]
+    per_block = dict(zip(blocks, sparsities([block_values[b] for b in blocks], block_numel)))
+    units = [per_block[unit.blocks[0]] for unit in env.units]
+    return centre_on_target(np.array(units), np.asarray(view.unit_numel), view.target_sparsity,
+                            view.max_unit_sparsity)
 
 
 def current_ratios(view: EnvView, info: dict[str, Any]) -> np.ndarray:
