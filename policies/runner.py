@@ -167,7 +167,7 @@ def run_episode(
         state.track(info)
         if final_eval:
             state.dense_full = dense_full_ppl(raw) if dense_ppl is None else float(dense_ppl)
-            state.dense_ood = dense_ood(raw) if dense_ood_ppl is None else float(dense_ood_ppl)
+            state.dense_ood = evaluate_ood(raw) if dense_ood_ppl is None else float(dense_ood_ppl)
         state.counters_at_start = eval_counters(raw)
         view = EnvView.of(env)
         steps_log.write({"kind": "start", "policy": policy.name, "seed": seed, "config": raw.config.as_dict(),
@@ -222,7 +222,7 @@ class _State:
     """What the runner tracks while stepping."""
 
     def __init__(self) -> None:
-        self.steps = self.rollbacks = self.evaluations = self.restores = 0
+        self.steps = self.rollbacks = self.restores = 0
         self.restores_in_a_row = 0
         self.checkpoint: int | None = None
         self.terminated = self.truncated = False
@@ -245,7 +245,6 @@ class _State:
 
     def add_step(self, outcome: StepOutcome, record: dict[str, Any]) -> None:
         self.steps += 1
-        self.evaluations += 1
         self.restores_in_a_row = 0
         self.rollbacks += int(outcome.rolled_back)
         self.terminated, self.truncated = outcome.terminated, outcome.truncated
@@ -308,7 +307,6 @@ def _run_direct(env: Any, policy: DirectPolicy, view: EnvView, state: _State, st
     t0 = time.perf_counter()
     record = _guard(env, state, steps_log, policy, "apply", lambda: policy.apply(view))  # type: ignore[arg-type]
     state.direct = state.terminated = True
-    state.evaluations += 1
     state.track(record)  # ppl, unit_sparsity (env levels: 1.0 for removed units), checkpoint
     raw = env.unwrapped
     line = {"kind": "direct", "step": 0, **record, "ppl_ratio": record["ppl"] / raw.dense_ppl,
@@ -403,22 +401,16 @@ def _finish(env: Any, policy: Policy, state: _State, t_start: float, final_eval:
     return result
 
 
-def eval_counters(raw: Any) -> tuple[int, int] | None:
-    """The env's cumulative ``(evaluations, tokens_evaluated)`` of validation windows, None for an env without
-    them."""
-    evaluations, tokens = getattr(raw, "evaluations", None), getattr(raw, "tokens_evaluated", None)
-    if evaluations is None or tokens is None:
-        return None
-    return int(evaluations), int(tokens)
+def eval_counters(raw: Any) -> tuple[int, int]:
+    """The env's cumulative ``(evaluations, tokens_evaluated)`` of validation windows."""
+    return int(raw.evaluations), int(raw.tokens_evaluated)
 
 
 def _evaluated(raw: Any, state: _State) -> tuple[int, int]:
     """Validation evaluations and tokens of this episode: the env counters' difference between the start and
     the end of the episode (before finalization and the test evaluations)."""
     end = state.counters_at_end or eval_counters(raw)
-    start = state.counters_at_start
-    if start is None or end is None:  # an env without counters: one evaluation per step, tokens unknown (0)
-        return state.evaluations, 0
+    start = state.counters_at_start or end
     return end[0] - start[0], end[1] - start[1]
 
 
@@ -427,11 +419,6 @@ def evaluate_ood(raw: Any) -> float | None:
     method = getattr(raw, "evaluate_ood", None)
     result = method() if callable(method) else None
     return None if result is None else float(result.ppl)
-
-
-def dense_ood(raw: Any) -> float | None:
-    """The dense model's out-of-domain perplexity (call it right after a plain reset)."""
-    return evaluate_ood(raw)
 
 
 def dense_full_ppl(raw: Any) -> float:

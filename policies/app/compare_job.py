@@ -135,8 +135,6 @@ def search_budget(config: CompareConfig, rows: Mapping[str, Mapping[str, Any]]) 
             return ({"budget_tokens": int(row["tokens_evaluated"])},
                     f"the {agents[0]}'s: {int(row['tokens_evaluated'])} validation tokens in "
                     f"{row.get('evaluations')} evaluations")
-        if row.get("status") == "ok" and int(row.get("evaluations") or 0) > 0:  # an env without token counters
-            return {"budget": int(row["evaluations"])}, f"the {agents[0]}'s: {row['evaluations']} evaluations"
         if row.get("status") == "ok":
             return {}, f"default: the {agents[0]} evaluated nothing, so there was no budget to match"
         return {}, f"default: the {agents[0]} failed, so there was no budget to match"

@@ -244,13 +244,12 @@ def finalizer(mode: str) -> Callable[[Any], dict[str, Any]] | None:
     return lambda env: finalize_allocation(env, mode)
 
 
-def agent_accounting(result: EpisodeResult) -> dict[str, Any]:
+def agent_accounting(result: EpisodeResult, tokens: int) -> dict[str, Any]:
     """The agent's six accounting fields: from its ``summary()``, else (an agent without them) what the per-step
-    totals give, shares unknown (None)."""
+    totals give (``tokens``: their prompt + completion tokens), shares unknown (None)."""
     summary, totals = result.summary, result.totals
     fallback = {"own_share": None, "topped_up_share": None, "fallback_share": None,
-                "requests": int(totals.get("requests", 0)),
-                "tokens": int(totals.get("prompt_tokens", 0) + totals.get("completion_tokens", 0)),
+                "requests": int(totals.get("requests", 0)), "tokens": tokens,
                 "llm_wait_s": float(totals.get("latency_s", 0.0))}
     return {key: summary.get(key, fallback[key]) if isinstance(summary, Mapping) else fallback[key]
             for key in AGENT_FIELDS}
@@ -276,7 +275,7 @@ def final_metrics(result: EpisodeResult, out: Path, *, agent: bool = False) -> d
         "trace": trace, "run_dir": str(out),
     }
     if agent:
-        metrics.update(agent_accounting(result))
+        metrics.update(agent_accounting(result, tokens))
     for key in ("budget", "budget_tokens"):  # a search's budget, as it ran
         if key in result.summary:
             metrics[key] = result.summary[key]
