@@ -16,6 +16,7 @@ rollbacks, so every policy is scored by the same loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -141,6 +142,16 @@ class DirectPolicy(Protocol):
     def apply(self, view: EnvView) -> dict[str, Any]:
         """Change the model; return the record of what was done: ``ppl`` on the reward windows, and
         ``unit_sparsity`` / ``checkpoint`` when known (as in a step's info)."""
+
+
+@runtime_checkable
+class Progressing(Protocol):
+    """A direct policy that works for long inside :meth:`DirectPolicy.apply` (a search): the runner gives it a
+    ``write(entry)`` that appends ``{"kind": "search", **entry}`` to the run's steps.jsonl, flushed, so the run
+    directory keeps its progress (e.g. one line per generation) even if the process dies."""
+
+    def set_progress(self, write: Callable[[dict[str, Any]], None]) -> None:
+        """Where to write progress entries."""
 
 
 @runtime_checkable

@@ -2,6 +2,11 @@
 
 Kernel-specific baselines (``uniform-wanda``, ``owl-sparsegpt``, ...) need the env built with that kernel:
 :func:`required_method` says which (``None``: any). The ``agent`` entry is imported lazily, only when made.
+
+A name may carry options for its factory after colons: ``evo-search:budget_tokens=2000000:offspring=32``
+(values are read as int, float, ``true``/``false`` or text). The full string is the policy's name in a
+comparison, so one policy can run twice with different options (e.g. a budget-matched and a large-budget
+search); inline options take precedence over options passed in code.
 """
 
 from __future__ import annotations
@@ -72,6 +77,9 @@ POLICIES: MappingProxyType[str, PolicySpec] = MappingProxyType({
     "random-search": PolicySpec("policies.baselines.random_search:RandomSearchPolicy",
                                 description="evolutionary search over allocations with a budget of evaluations",
                                 is_search=True),
+    "evo-search": PolicySpec("policies.baselines.evo_search:EvoSearchPolicy",
+                             description="EvoPress-style evolutionary search (level switches, staged KL selection) "
+                                         "with a budget of validation tokens", is_search=True),
     "structured": PolicySpec("policies.baselines.structured:StructuredPolicy",
                              description="ShortGPT: remove the decoder blocks of lowest influence"),
     "agent": PolicySpec("policies.agent:make_agent", description="the LLM agent (policies/agent)",
@@ -81,9 +89,39 @@ ALIASES = MappingProxyType({"owl": "owl-wanda", "greedy": "greedy-sensitivity", 
                             "alphapruning": "alphapruning-wanda"})
 
 
+def parse_name(name: str) -> tuple[str, dict[str, Any]]:
+    """``"base:key=value:..."`` -> ``(base, {key: value})``; a ValueError naming a malformed option."""
+    base, *parts = name.split(":")
+    options: dict[str, Any] = {}
+    for part in parts:
+        key, eq, raw = part.partition("=")
+        if not eq or not key.strip() or not raw.strip():
+            raise ValueError(f"policy {name!r}: option {part!r} must look like key=value "
+                             "(e.g. evo-search:budget_tokens=2000000)")
+        options[key.strip()] = _option_value(raw.strip())
+    return base, options
+
+
+def _option_value(raw: str) -> Any:
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def inline_options(name: str) -> dict[str, Any]:
+    """The options written into ``name`` after colons (``{}`` for a plain name)."""
+    return parse_name(name)[1]
+
+
 def spec(name: str) -> PolicySpec:
-    """The spec of ``name`` (aliases allowed), or a ValueError listing the known names."""
-    key = ALIASES.get(name, name)
+    """The spec of ``name`` (aliases and inline options allowed), or a ValueError listing the known names."""
+    base = parse_name(name)[0]
+    key = ALIASES.get(base, base)
     if key not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; known policies: {', '.join(POLICIES)} "
                          f"(aliases: {', '.join(f'{a}={t}' for a, t in ALIASES.items())})")
@@ -101,6 +139,10 @@ def is_search(name: str) -> bool:
 
 
 def make_policy(name: str, **options: Any) -> Policy:
-    """A new policy by name; ``options`` go to its factory (e.g. ``budget=21`` for random-search)."""
+    """A new policy by name; ``options`` go to its factory (e.g. ``budget=21`` for random-search), after the
+    spec's fixed options and before the name's inline ones."""
     entry = spec(name)
-    return entry.load()(**{**dict(entry.options), **options})
+    try:
+        return entry.load()(**{**dict(entry.options), **options, **inline_options(name)})
+    except TypeError as err:
+        raise TypeError(f"policy {name!r}: {err} (check the option names of {parse_name(name)[0]})") from err

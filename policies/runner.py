@@ -42,7 +42,7 @@ from typing import Any, TextIO
 import numpy as np
 from tqdm.auto import tqdm
 
-from .base import Backtracking, DirectPolicy, EnvView, Policy, Recalling, Restore, StepOutcome
+from .base import Backtracking, DirectPolicy, EnvView, Policy, Progressing, Recalling, Restore, StepOutcome
 
 
 class EpisodeError(RuntimeError):
@@ -305,6 +305,8 @@ def _restore(env: Any, action: Restore, state: _State, steps_log: StepLog, *,
 
 def _run_direct(env: Any, policy: DirectPolicy, view: EnvView, state: _State, steps_log: StepLog) -> None:
     t0 = time.perf_counter()
+    if isinstance(policy, Progressing):  # a long search writes its progress as it goes
+        policy.set_progress(lambda entry: steps_log.write({"kind": "search", **entry}))
     record = _guard(env, state, steps_log, policy, "apply", lambda: policy.apply(view))  # type: ignore[arg-type]
     state.direct = state.terminated = True
     state.track(record)  # ppl, unit_sparsity (env levels: 1.0 for removed units), checkpoint

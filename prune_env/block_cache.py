@@ -26,7 +26,7 @@ from .calibration import (
     forward_hooks,
     model_device,
 )
-from .perplexity import Perplexity, checked, perplexity, tail_nll
+from .perplexity import Perplexity, TailReducer, checked, perplexity, tail_nll, tail_reduce
 from .structure import ModelStructure
 
 ActivationSink = Callable[[str, torch.Tensor], None]
@@ -100,6 +100,45 @@ class BlockCache:
         if self._result is None:
             self._result = self._tail()
         return self._result
+
+    @torch.no_grad()
+    def evaluate(self, changed_from: int, reduce_for: Callable[[int, torch.Tensor], TailReducer]) -> torch.Tensor:
+        """Per-window sums ``[n_windows]`` (fp64) of a tail reducer for the model *now*, read-only.
+
+        The cached inputs describe the weights the cache was last brought up to date with; ``changed_from=i``
+        says blocks ``>= i`` differ from those now (a trial change a caller will revert). Blocks from
+        ``min(i, first stale block)`` are replayed batch by batch from the cached inputs without storing
+        anything, so the cache stays valid for the committed weights. ``reduce_for(batch_index, token_ids)``
+        gives the :data:`prune_env.perplexity.TailReducer` of each batch (e.g. a KL against a reference).
+        """
+        self._check_block(changed_from, "changed_from")
+        start = min(changed_from, self._dirty)
+        out: list[torch.Tensor] = []
+        for b, (batch, hidden) in enumerate(zip(self._batches, self._hidden[start])):
+            for index in range(start, self.num_blocks):
+                hidden = self._calls[index][b].run(self._structure.blocks[index], hidden)
+            out.append(tail_reduce(self._model, self._structure.blocks, batch, hidden, self._template,
+                                   reduce_for(b, batch), budget_bytes=self._budget_bytes))
+        return torch.cat(out)
+
+    def refresh(self) -> None:
+        """Re-run the blocks marked changed now (no tail), so read-only :meth:`evaluate` calls start late."""
+        if self._dirty < self.num_blocks:
+            self._run_blocks(self._dirty, None)
+
+    def final_hidden(self) -> list[torch.Tensor]:
+        """The cached output of the last block per batch (brought up to date first)."""
+        self.refresh()
+        return list(self._hidden[self.num_blocks])
+
+    @property
+    def template(self) -> Any:
+        """The real blocks' return format (for :func:`prune_env.calibration.like_block_output`)."""
+        return self._template
+
+    @property
+    def token_ids(self) -> torch.Tensor:
+        return self._token_ids
 
     def full_perplexity(self) -> Perplexity:
         """Perplexity from a plain full forward on the same windows and batches (for checks and tests)."""

@@ -245,7 +245,7 @@ class PruningEnv(gym.Env):
         gradients = self.config.gradient_every > 0 and self._steps % self.config.gradient_every == 0
         timings: dict[str, float] = {}
         refreshed = self._refresh_profiles(dirty_from=dirty, gradients=gradients, timings=timings)
-        self._count_evaluation()
+        self.count_evaluation()
         t2 = time.perf_counter()
         transition = Transition(before_sparsity, self.global_sparsity_planned, self.config.target_sparsity,
                                 before_ppl, self._ppl, self.dense_ppl)
@@ -308,7 +308,7 @@ class PruningEnv(gym.Env):
         t1 = time.perf_counter()
         timings: dict[str, float] = {}
         self._refresh_profiles(dirty_from=dirty, gradients=False, timings=timings)
-        self._count_evaluation()
+        self.count_evaluation()
         timings.update({"prune": t1 - start, "evaluate": time.perf_counter() - t1, "apply": time.perf_counter() - start})
         self.last_timings = timings
         info = self._info(changed=[self.unit_names[i] for i in changed], timings=timings)
@@ -341,7 +341,7 @@ class PruningEnv(gym.Env):
         if windows is not None and not 1 <= windows <= len(self._reward_ids):
             raise ValueError(f"windows must be in 1..{len(self._reward_ids)} (reward_eval_samples), got {windows}")
         result = perplexity(self.model, ids, batch_size=self.config.batch_size, structure=self.structure)
-        self._count_evaluation(ids)
+        self.count_evaluation(ids)
         return result
 
     def sparsity_map(self) -> dict[str, float]:
@@ -460,7 +460,10 @@ class PruningEnv(gym.Env):
         timings["gradients"] = time.perf_counter() - start
         return True
 
-    def _count_evaluation(self, ids: torch.Tensor | None = None) -> None:
+    def count_evaluation(self, ids: torch.Tensor | None = None) -> None:
+        """Count one validation evaluation of ``ids`` (None: all validation windows) in ``evaluations`` and
+        ``tokens_evaluated``; for evaluators outside the env that score validation windows
+        (:class:`prune_env.candidates.CandidateEvaluator`), so every search's work is in the same counters."""
         ids = self._reward_ids if ids is None else ids
         self.evaluations += 1
         self.tokens_evaluated += int(ids.numel())

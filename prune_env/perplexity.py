@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,17 +79,24 @@ def sequence_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return losses.view(b, t).double().sum(dim=1)
 
 
+TailReducer = Callable[[torch.Tensor, int, int], torch.Tensor]
+"""``reduce(logits [b, chunk, V], start, stop) -> [b]``: a per-sequence sum over the chunk of positions
+``start..stop-1`` (position ``p`` predicts token ``p + 1``)."""
+
+
 @torch.no_grad()
-def tail_nll(
+def tail_reduce(
     model: nn.Module,
     blocks: nn.ModuleList,
     token_ids: torch.Tensor,
     final_hidden: torch.Tensor,
     block_output_template: Any,
+    reduce: TailReducer,
     *,
     budget_bytes: int | None = None,
 ) -> torch.Tensor:
-    """Per-sequence NLL ``[b]`` of ``token_ids [b, T]`` given the output of the last decoder block.
+    """Per-sequence sums ``[b]`` (fp64) of ``reduce`` over every predicting position of ``token_ids [b, T]``,
+    given the output of the last decoder block.
 
     The model's own forward runs with every block standing in (each returns ``final_hidden``), once per chunk
     of positions, with ``logits_to_keep`` selecting the chunk: only ``chunk x b x vocab`` logits exist at a
@@ -105,14 +113,52 @@ def tail_nll(
     with standing_in(blocks, dict.fromkeys(range(len(blocks)), respond)):
         for start in range(0, T - 1, step):
             stop = min(start + step, T - 1)
-            if stop - start == T - 1:
-                logits = model(input_ids=token_ids, use_cache=False).logits[:, : T - 1]
-            else:
-                keep = torch.arange(start, stop, device=token_ids.device)
-                logits = model(input_ids=token_ids, use_cache=False, logits_to_keep=keep).logits
-            total += sequence_nll(logits, token_ids[:, start + 1 : stop + 1])
+            logits = _chunk_logits(model, token_ids, start, stop)
+            total += reduce(logits, start, stop)
             del logits
     return total
+
+
+def _chunk_logits(model: nn.Module, token_ids: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Logits of positions ``start..stop-1`` by the model's own forward (its blocks standing in)."""
+    T = token_ids.shape[1]
+    if stop - start == T - 1:
+        return model(input_ids=token_ids, use_cache=False).logits[:, : T - 1]
+    keep = torch.arange(start, stop, device=token_ids.device)
+    return model(input_ids=token_ids, use_cache=False, logits_to_keep=keep).logits
+
+
+@torch.no_grad()
+def tail_chunk_logits(model: nn.Module, blocks: nn.ModuleList, token_ids: torch.Tensor, final_hidden: torch.Tensor,
+                      block_output_template: Any, start: int, stop: int) -> torch.Tensor:
+    """Logits ``[b, stop - start, V]`` of positions ``start..stop-1`` given the last block's output (one chunk of
+    :func:`tail_reduce`; ``start..stop`` must be a chunk it would use, or the whole ``0..T-1``)."""
+
+    def respond(_args: tuple, _kwargs: dict) -> Any:
+        return like_block_output(block_output_template, final_hidden)
+
+    with standing_in(blocks, dict.fromkeys(range(len(blocks)), respond)):
+        if not keeps_logits(model) and (start, stop) != (0, token_ids.shape[1] - 1):
+            return _chunk_logits(model, token_ids, 0, token_ids.shape[1] - 1)[:, start:stop]
+        return _chunk_logits(model, token_ids, start, stop)
+
+
+def tail_nll(
+    model: nn.Module,
+    blocks: nn.ModuleList,
+    token_ids: torch.Tensor,
+    final_hidden: torch.Tensor,
+    block_output_template: Any,
+    *,
+    budget_bytes: int | None = None,
+) -> torch.Tensor:
+    """Per-sequence NLL ``[b]`` of ``token_ids [b, T]`` given the output of the last decoder block
+    (:func:`tail_reduce` with :func:`sequence_nll`)."""
+
+    def nll(logits: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        return sequence_nll(logits, token_ids[:, start + 1 : stop + 1])
+
+    return tail_reduce(model, blocks, token_ids, final_hidden, block_output_template, nll, budget_bytes=budget_bytes)
 
 
 @torch.no_grad()

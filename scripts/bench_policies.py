@@ -1,23 +1,22 @@
-"""Benchmark every policy on one target through the same PruningEnv settings and write the table.
+"""Benchmark the allocation policies at one target under the comparison protocol and write the table.
 
-    python scripts/bench_policies.py                          # default preset, 50%, writes docs/BENCHMARKS.md
-    python scripts/bench_policies.py --policies uniform-wanda owl-wanda --no-write
-    python scripts/bench_policies.py --agent --agent-option base_url=http://127.0.0.1:8000/v1   # adds the agent row
+    python scripts/bench_policies.py --target 0.5                  # default preset and sizes, docs/BENCHMARKS.md
+    python scripts/bench_policies.py --target 0.7 --extra evo-search:budget_tokens=3000000
+    python scripts/bench_policies.py --target 0.5 --policies uniform-wanda evo-search --no-write
 
-Each policy runs one episode with ``policies.runner.run_episode`` on an env built with the kernel it needs
-(one env per kernel, reused across its policies: a plain reset restores the dense model bit for bit) and
-without AutoRollback (the baselines are open-loop plans; the agent row may set ``--rollback-threshold``).
-Reported: perplexity on the full evaluation set and its ratio to dense, measured global sparsity, capital-
-city knowledge retention (``pg_factual_mc_worldcapitals`` accuracy pruned / dense, via ``harness_tasks``),
-env steps, reward-perplexity evaluations, rollbacks, wall time (episode + final evaluation, harness
-excluded) and LLM tokens. ``random-search`` gets the evaluation budget of the agent row when it ran, else
-that of ``greedy-sensitivity`` (a stand-in reference run, said so in the table).
+Every policy runs through ``prune-gym compare`` (:func:`policies.app.compare_job.run_compare`, ``--tasks none``):
+the env's default sizes (windows of 256 tokens: 32 calibration, 8 validation, 32 test, the out-of-domain
+text), Wanda as the inner pruner, every final model finalized with sequential calibration and scored on the
+test windows and the ood text. Searches run on their default budgets (``--budget N`` gives both N validation
+tokens). The table gives each policy's test perplexity, its degradation ``ppl / dense - 1`` as a multiple of
+uniform Wanda's, the same on the ood text, validation work and wall time, and checks the goals of issue 13
+(best degradation at most 0.75x uniform Wanda's at 50%, 0.25x at 70%).
 
-Default sizes keep the whole bench near 20-30 minutes on 2 shared CPU cores: windows of 128 tokens (16
-calibration, 2 reward, 16 final), gradient profile on 2 windows, and levels 0..6 of step 0.05 (at most
-+0.30 a step): a step's cost is dominated by re-pruning every unit it touches (the kernels sort each
-matrix), not by the reward windows, so fewer, larger steps are what makes it fit. Step logs (JSONL) and a
-results JSON go to ``--runs-dir``; ``--keep`` reruns only the policies missing there (times add up).
+For ``evo-search`` the search's path is rebuilt afterwards from its recorded generations: each recorded parent
+allocation is applied to the env again and scored on the test windows (one-shot, as the search saw it; the
+last point also finalized, the row's number), giving test perplexity against the validation evaluations
+spent (``docs/bench_evo_<target>.png``). The policies never see these test numbers: they are measured after
+the comparison ended. Results: ``<runs-dir>/results.json`` (compare's), ``<runs-dir>/evo_curve.json``.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,216 +32,166 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from policies.app.benchdoc import machine_description, write_section  # noqa: E402
-from policies.registry import make_policy, required_method  # noqa: E402
-from policies.runner import EpisodeError, dense_full_ppl, run_episode  # noqa: E402
-from prune_env.env import PruningEnv  # noqa: E402
+from policies.app.compare_job import CompareConfig, run_compare  # noqa: E402
 from prune_env.models import DEFAULT_MODEL  # noqa: E402
 
-BASELINES = ["uniform-magnitude", "uniform-wanda", "uniform-sparsegpt", "owl-wanda", "owl-sparsegpt",
-             "greedy-sensitivity", "random-search", "structured"]
-HARNESS_TASK = "pg_factual_mc_worldcapitals"
-DEFAULT_METHOD = "wanda"  # env kernel for policies that work with any (greedy, random-search, structured, agent)
+POLICIES = ["uniform-wanda", "owl-wanda", "dlp-wanda", "alphapruning-wanda", "greedy-sensitivity",
+            "random-search", "evo-search"]
+GOALS = {0.5: 0.75, 0.7: 0.25}  # best degradation / uniform Wanda's degradation, at most
+CURVE_POINTS = 12
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--target", type=float, default=0.5)
-    p.add_argument("--policies", nargs="+", default=BASELINES, help="policy names (default: every baseline)")
-    p.add_argument("--agent", action="store_true", help="add the LLM agent row (policies.agent, needs its server)")
-    p.add_argument("--agent-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="option for make_policy('agent', ...), repeatable")
-    p.add_argument("--rollback-threshold", type=float, default=None, help="AutoRollback for the agent row only")
-    p.add_argument("--budget", type=int, default=None, help="random-search evaluations (default: the reference run's)")
-    p.add_argument("--seqlen", type=int, default=128)
-    p.add_argument("--calib-samples", type=int, default=16)
-    p.add_argument("--reward-eval-samples", type=int, default=2)
-    p.add_argument("--final-eval-samples", type=int, default=16)
-    p.add_argument("--gradient-samples", type=int, default=2)
-    p.add_argument("--gradient-every", type=int, default=5)
-    p.add_argument("--step-size", type=float, default=0.05)
-    p.add_argument("--n-levels", type=int, default=7)
-    p.add_argument("--max-steps", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--device", default=None)
-    p.add_argument("--harness-limit", type=int, default=20,
-                   help=f"documents of {HARNESS_TASK} for the retention column (0: skip the column)")
-    p.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench_policies"))
+    p.add_argument("--policies", nargs="+", default=POLICIES)
+    p.add_argument("--extra", nargs="*", default=[], help="more policy names, e.g. evo-search:budget_tokens=3000000")
+    p.add_argument("--budget", type=int, default=None, help="validation tokens for every search (default: theirs)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="a PruningEnvConfig field, repeatable (default: the env's default sizes)")
+    p.add_argument("--runs-dir", default=None, help="default runs/bench_policies_<target>")
     p.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
+    p.add_argument("--plot-dir", default=str(ROOT / "docs"))
     p.add_argument("--no-write", action="store_true")
-    p.add_argument("--keep", action="store_true",
-                   help="reuse the rows already in <runs-dir>/results.json and run only the missing policies")
     return p.parse_args(argv)
 
 
-def env_settings(args: argparse.Namespace) -> dict[str, Any]:
-    return dict(model=args.model, target_sparsity=args.target, step_size=args.step_size, n_levels=args.n_levels,
-                max_steps=args.max_steps, seqlen=args.seqlen, calib_samples=args.calib_samples,
-                reward_eval_samples=args.reward_eval_samples, final_eval_samples=args.final_eval_samples,
-                gradient_samples=args.gradient_samples, gradient_every=args.gradient_every,
-                batch_size=args.batch_size, device=args.device)
+def degradation(ppl: float, dense: float) -> float:
+    return ppl / dense - 1.0
 
 
-def harness_scorer(limit: int) -> Callable[[Any, Any], float] | None:
-    """``score(model, tokenizer) -> accuracy`` on the capital-city task, or None when unavailable/skipped."""
-    if limit <= 0:
-        return None
-    try:
-        import harness_tasks
-    except ImportError as err:
-        print(f"harness_tasks unavailable ({err}): the retention column stays empty", file=sys.stderr)
-        return None
+def evo_curve(results: dict[str, Any], name: str, config: CompareConfig) -> list[dict[str, Any]]:
+    """Test perplexity (one-shot) of the search's recorded parents, at up to CURVE_POINTS of them."""
+    from policies.base import EnvView
+    from policies.registry import make_policy
+    from prune_env.env import PruningEnv
 
-    def score(model: Any, tokenizer: Any) -> float:
-        return harness_tasks.evaluate(model, tokenizer, [HARNESS_TASK], limit=limit)[HARNESS_TASK]["acc"]
+    row = results["policies"][name]
+    final = json.loads((Path(row["run_dir"]) / "final.json").read_text())
+    steps = [json.loads(line) for line in (Path(row["run_dir"]) / "steps.jsonl").read_text().splitlines()]
+    accepted = [s for s in steps if s.get("kind") == "search" and s.get("accepted")]
+    if not accepted:
+        return []
+    pick = sorted({round(i * (len(accepted) - 1) / (CURVE_POINTS - 1)) for i in range(CURVE_POINTS)})
+    run = config.run_config(name)
+    env = PruningEnv(**{**run.env_config().as_dict(), "rollback_threshold": None})
+    obs, info = env.reset()
+    policy = make_policy(name)
+    view = EnvView.of(env)
+    policy.reset(view, obs, info)
+    curve = []
+    for i in pick:
+        point = accepted[i]
+        env.apply_allocation(policy.allocation_at(view, point["levels"]))
+        curve.append({"generation": point["generation"], "evaluations_used": point["evaluations_used"],
+                      "tokens_used": point["tokens_used"], "validation_fitness": point["parent_fitness"],
+                      "test_ppl_oneshot": env.evaluate_full().ppl})
+    env.close()
+    curve.append({"final_finalized_test_ppl": final["ppl"]})
+    return curve
 
-    return score
+
+def plot_curve(curve: list[dict[str, Any]], dense: float, uniform: float | None, path: Path, target: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [c for c in curve if "test_ppl_oneshot" in c]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.plot([c["evaluations_used"] for c in points], [c["test_ppl_oneshot"] for c in points], marker="o",
+            label="evo-search parent (one-shot)")
+    if uniform is not None:
+        ax.axhline(uniform, color="gray", linestyle="--", label="uniform-wanda (sequential)")
+    ax.axhline(dense, color="black", linestyle=":", label="dense")
+    final = [c["final_finalized_test_ppl"] for c in curve if "final_finalized_test_ppl" in c]
+    if final and points:
+        ax.scatter([points[-1]["evaluations_used"]], final, marker="*", s=120, color="C3",
+                   label="evo-search final (sequential)")
+    ax.set_xlabel("validation evaluations spent")
+    ax.set_ylabel("test perplexity")
+    ax.set_yscale("log")
+    ax.set_title(f"evo-search at {target:.0%}: test perplexity against evaluations")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
-def parse_options(pairs: list[str]) -> dict[str, Any]:
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--agent-option needs KEY=VALUE, got {pair!r}")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return options
-
-
-def run_order(names: list[str], with_agent: bool) -> list[str]:
-    """Group by env kernel (one env alive at a time); the agent runs before random-search (its budget)."""
-    names = list(dict.fromkeys(names + (["agent"] if with_agent else [])))
-    kernel = {"magnitude": 0, "sparsegpt": 1, None: 2, "wanda": 2}
-    last = {"random-search": 1, "structured": 2}
-    return sorted(names, key=lambda n: (kernel[required_method(n)], last.get(n, 0)))
+def render(results: dict[str, Any], target: float, curve: list[dict[str, Any]], plot: Path | None,
+           command: str, seconds: float, curve_name: str = "evo-search") -> str:
+    dense, dense_ood = results["dense"]["ppl"], results["dense"].get("ood_ppl")
+    rows = results["policies"]
+    base = rows.get("uniform-wanda", {})
+    ref = degradation(base["ppl"], dense) if base.get("ppl") else None
+    ref_ood = degradation(base["ood_ppl"], dense_ood) if base.get("ood_ppl") and dense_ood else None
+    lines = [f"Target {target:.0%}, {results['model']}, default sizes, Wanda inside, sequential finalization. "
+             f"Dense: test {dense:.2f}, ood {dense_ood or float('nan'):.2f}. Degradation = ppl / dense - 1; x uniform = "
+             "degradation / uniform-wanda's.", "",
+             "| policy | test ppl | x uniform (test) | ood ppl | x uniform (ood) | validation ppl | sparsity | "
+             "evaluations | tokens evaluated | wall (s) |", "|" + "---|" * 10]
+    ranked = []
+    for name, row in rows.items():
+        if row.get("status") != "ok":
+            lines.append(f"| {name} | failed | | | | | | | | |")
+            continue
+        x = degradation(row["ppl"], dense) / ref if ref else float("nan")
+        x_ood = degradation(row["ood_ppl"], dense_ood) / ref_ood if ref_ood and row.get("ood_ppl") else float("nan")
+        ranked.append((x, name))
+        lines.append(f"| {name} | {row['ppl']:.2f} | {x:.3f} | {row.get('ood_ppl') or float('nan'):.2f} | "
+                     f"{x_ood:.3f} | {row['validation_ppl']:.2f} | {row['sparsity']:.4f} | {row['evaluations']} | "
+                     f"{row['tokens_evaluated']:,} | {row['wall_seconds']:.0f} |")
+    goal = GOALS.get(round(target, 2))
+    if ranked and goal is not None:
+        best_x, best = min(ranked)
+        verdict = "met" if best_x <= goal else "not met"
+        lines += ["", f"Goal (issue 13): best degradation <= {goal}x uniform Wanda's: best is {best} at "
+                      f"{best_x:.3f}x: **{verdict}**."]
+    ood_rank = sorted((degradation(r["ood_ppl"], dense_ood), n) for n, r in rows.items()
+                      if r.get("status") == "ok" and r.get("ood_ppl") and dense_ood)
+    test_rank = sorted((degradation(r["ppl"], dense), n) for n, r in rows.items() if r.get("status") == "ok")
+    lines += ["", "Ranking on test: " + " < ".join(n for _, n in test_rank) + ".  ",
+              "Ranking on ood: " + " < ".join(n for _, n in ood_rank) + "."]
+    if curve:
+        points = [c for c in curve if "test_ppl_oneshot" in c]
+        lines += ["", f"{curve_name} path (test ppl of recorded parents, one-shot weights as the search saw them):", "",
+                  "| generation | evaluations | tokens | validation KL | test ppl (one-shot) |", "|---|---|---|---|---|"]
+        lines += [f"| {c['generation']} | {c['evaluations_used']} | {c['tokens_used']:,} | "
+                  f"{c['validation_fitness']:.4f} | {c['test_ppl_oneshot']:.2f} |" for c in points]
+        if plot is not None:
+            lines += ["", f"![evo-search test perplexity against evaluations]({plot.name})"]
+    lines += ["", f"Command: `{command}`; {seconds / 60:.0f} min in all; machine: {machine_description()}."]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    runs = Path(args.runs_dir)
-    runs.mkdir(parents=True, exist_ok=True)
-    score = harness_scorer(args.harness_limit)
-    saved = json.loads((runs / "results.json").read_text()) if args.keep and (runs / "results.json").is_file() else {}
-    results: dict[str, dict[str, Any]] = saved.get("rows", {})
-    dense_acc: float | None = saved.get("dense_capital_acc")
-    env: PruningEnv | None = None
-    env_method: str | None = None
-    dense_ppl = float("nan")
-    budget_source = saved.get("budget_source", "--budget")
-    t_bench = time.perf_counter() - saved.get("elapsed_seconds", 0.0)
-    setup_seconds: dict[str, float] = saved.get("setup_seconds", {})
-
-    failed: dict[str, str] = {}
-
-    def save() -> None:
-        (runs / "results.json").write_text(json.dumps({
-            "rows": results, "dense_capital_acc": dense_acc, "budget_source": budget_source,
-            "setup_seconds": setup_seconds, "elapsed_seconds": time.perf_counter() - t_bench}, indent=1, default=str))
-
-    for name in [n for n in run_order(args.policies, args.agent) if n not in results]:
-        method = required_method(name) or DEFAULT_METHOD
-        if method != env_method:
-            if env is not None:
-                env.close()
-            t0 = time.perf_counter()
-            env = PruningEnv(method=method, **env_settings(args))
-            env.reset(seed=0)
-            dense_ppl = dense_full_ppl(env)
-            setup_seconds[method] = setup_seconds.get(method, 0.0) + time.perf_counter() - t0
-            env_method = method
-            print(f"env {method}: set up in {setup_seconds[method]:.0f} s, dense ppl {dense_ppl:.2f}", file=sys.stderr)
-            if score is not None and dense_acc is None:
-                dense_acc = score(env.model, env.loaded.tokenizer)
-                print(f"dense {HARNESS_TASK} acc {dense_acc:.3f}", file=sys.stderr)
-                save()
-        options: dict[str, Any] = {}
-        if name == "agent":
-            options = parse_options(args.agent_option)
-        if name == "random-search":
-            reference = "agent" if "agent" in results else "greedy-sensitivity"
-            if args.budget is None:
-                if reference not in results:
-                    raise SystemExit("random-search needs --budget or a reference run (agent or greedy-sensitivity)")
-                options["budget"], budget_source = results[reference]["evaluations"], reference
-            else:
-                options["budget"] = args.budget
-        run_env = env
-        if name == "agent" and args.rollback_threshold is not None:
-            from prune_env.wrappers import AutoRollback
-
-            run_env = AutoRollback(env, max_ppl_increase=args.rollback_threshold)
-        try:
-            result = run_episode(run_env, make_policy(name, **options), steps_path=runs / f"{name}.jsonl",
-                                 progress=True, log=lambda m: print(m, file=sys.stderr), dense_ppl=dense_ppl)
-        except EpisodeError as err:  # one failing policy does not lose the other rows (not saved: --keep retries)
-            print(f"{name} failed: {err}", file=sys.stderr)
-            failed[name] = str(err)
-            continue
-        row = result.as_dict()
-        row["method"] = method if name != "structured" else "block removal"
-        if score is not None:
-            acc = score(env.model, env.loaded.tokenizer)
-            row["capital_acc"], row["capital_retention"] = acc, acc / dense_acc if dense_acc else float("nan")
-        results[name] = row
-        save()
-    total = time.perf_counter() - t_bench
-    if env is not None:
-        env.close()
-    body = render(results, args, dense_acc, budget_source, setup_seconds, total)
-    if failed:
-        body += "\n\nFailed: " + "; ".join(f"{n}: {e}" for n, e in failed.items())
+    runs = Path(args.runs_dir or ROOT / "runs" / f"bench_policies_{int(round(args.target * 100))}")
+    env = {key: json.loads(value) for key, _, value in (pair.partition("=") for pair in args.env)}
+    config = CompareConfig(policies=list(dict.fromkeys([*args.policies, *args.extra])), model=args.model,
+                           target=args.target, tasks=[], budget_tokens=args.budget, env=env)
+    t0 = time.perf_counter()
+    results = run_compare(config, runs, log=lambda m: print(m, file=sys.stderr))
+    curve, plot = [], None
+    evo = [n for n in config.policies if n.split(":")[0] == "evo-search" and
+           results["policies"].get(n, {}).get("status") == "ok"]
+    if evo:
+        longest = max(evo, key=lambda n: results["policies"][n]["evaluations"])  # the path with the most to show
+        curve = evo_curve(results, longest, config)
+        (runs / "evo_curve.json").write_text(json.dumps(curve, indent=1))
+        plot = Path(args.plot_dir) / f"bench_evo_{int(round(args.target * 100))}.png"
+        uniform = results["policies"].get("uniform-wanda", {}).get("ppl")
+        plot_curve(curve, results["dense"]["ppl"], uniform, plot, args.target)
+    command = "python scripts/bench_policies.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    body = render(results, args.target, curve, plot, command, time.perf_counter() - t0,
+                  curve_name=longest if evo else "evo-search")
     print(body)
     if not args.no_write:
-        write_section(Path(args.out), "bench_policies", "Policies (`scripts/bench_policies.py`)", body)
+        write_section(Path(args.out), f"bench_policies_{int(round(args.target * 100))}",
+                      f"Policies at {args.target:.0%} (`scripts/bench_policies.py`)", body)
+    failed = [n for n, r in results["policies"].items() if r.get("status") != "ok"]
     return 1 if failed else 0
-
-
-def _tokens(row: dict[str, Any]) -> str:
-    tokens = sum(v for k, v in row.get("totals", {}).items() if "tokens" in k)
-    return f"{tokens:.0f}" if tokens else "0"
-
-
-def render(results: dict[str, dict[str, Any]], args: argparse.Namespace, dense_acc: float | None,
-           budget_source: str, setup_seconds: dict[str, float], total: float) -> str:
-    dense = next(iter(results.values()))["dense_ppl"] if results else float("nan")
-    settings = (f"`{args.model}`, target {args.target}, step {args.step_size} x levels 0..{args.n_levels - 1}, "
-                f"max {args.max_steps} steps; windows of {args.seqlen} tokens from the packaged Wikipedia text: "
-                f"{args.calib_samples} calibration, {args.reward_eval_samples} reward, {args.final_eval_samples} "
-                f"final evaluation; gradient profile {args.gradient_samples} windows every {args.gradient_every} "
-                f"steps; no AutoRollback for the baselines")
-    lines = [
-        f"Settings: {settings}. Perplexity is on the {args.final_eval_samples} final windows (dense {dense:.2f}).",
-        "",
-        "Command: `OMP_NUM_THREADS=1 python scripts/bench_policies.py`  ",
-        f"Machine: {machine_description()}  ",
-        f"Date: {time.strftime('%Y-%m-%d')}; whole bench {total / 60:.1f} min (env set-up "
-        + ", ".join(f"{m} {s:.0f} s" for m, s in setup_seconds.items()) + ")",
-        "",
-        "| policy | kernel | perplexity | ratio to dense | global sparsity | capital retention | steps | "
-        "ppl evaluations | rollbacks | wall time (s) | LLM tokens |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, row in sorted(results.items(), key=lambda item: item[1]["final_ppl"]):
-        retention = f"{row['capital_retention']:.2f} ({row['capital_acc']:.2f})" if "capital_retention" in row else ""
-        lines.append(f"| {name} | {row['method']} | {row['final_ppl']:.2f} | {row['ppl_ratio']:.2f} | "
-                     f"{row['global_sparsity']:.4f} | {retention} | {row['steps']} | {row['evaluations']} | "
-                     f"{row['rollbacks']} | {row['wall_seconds']:.0f} | {_tokens(row)} |")
-    notes = [""]
-    if dense_acc is not None:
-        notes.append(f"Capital retention: `{HARNESS_TASK}` accuracy pruned / dense on its first {args.harness_limit} "
-                     f"questions (dense accuracy {dense_acc:.2f}; 4 choices, chance 0.25), accuracy in brackets.")
-    else:
-        notes.append("Capital retention: not measured in this run (`--harness-limit 0` or harness_tasks missing).")
-    if "random-search" in results:
-        notes.append(f"random-search budget: {results['random-search']['evaluations']} evaluations, "
-                     f"from {budget_source}" + (" (stand-in until the agent row is run)" if budget_source ==
-                                                "greedy-sensitivity" else "") + ".")
-    if "agent" not in results:
-        notes.append("The LLM agent row is added with `--agent` (a local OpenAI-compatible server).")
-    return "\n".join(lines + notes)
 
 
 if __name__ == "__main__":

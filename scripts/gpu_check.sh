@@ -4,7 +4,7 @@
 #                      cached reward = full forward in bf16 and fp32, checkpoints held on the CPU)
 #   env                scripts/bench_env.py --shape qwen3-4b: cached / uncached step, rollback, peak GPU memory
 #   kernels-wanda      scripts/bench_kernels.py --shape qwen3-4b: sequential Wanda, 128 x 2048 calibration tokens
-#   compare            prune-gym compare --tasks none: uniform-wanda, owl-wanda (+ evo-search once registered)
+#   compare            prune-gym compare --tasks none: uniform-wanda, owl-wanda, evo-search (a few generations)
 #   kernels-sparsegpt  the same for SparseGPT (last: it gets whatever time the others left)
 # on random:qwen3-4b (random weights built on the GPU in bf16, no packaged model), then writes its tables under
 # $OUT (default out/gpu_check) and prints them. Exit status 0 only if every part passed.
@@ -94,6 +94,7 @@ PYEOF
   KERNEL_ARGS=(--calib-samples 8); CMP_ARGS=(--calib-samples 4 --reward-eval-samples 2 --final-eval-samples 2
     --batch-size 2)
   declare -A CAP=([tests]=400 [env]=300 [kernels-wanda]=200 [compare]=500 [kernels-sparsegpt]=200)
+  EVO_BUDGET=6000  # validation tokens: 3 generations of 16 children at these sizes
 else
   MODE=gpu
   SHAPE=qwen3-4b
@@ -119,12 +120,13 @@ else
   KERNEL_ARGS=(--calib-samples 128); CMP_ARGS=(--calib-samples 16 --reward-eval-samples 4 --final-eval-samples 4
     --batch-size 4)
   declare -A CAP=([tests]=60 [env]=100 [kernels-wanda]=90 [compare]=120 [kernels-sparsegpt]=300)
+  EVO_BUDGET=400000  # validation tokens: 5 generations of 16 children at these sizes
 fi
 
 POLICIES="uniform-wanda,owl-wanda"
 if "$PY" -c "import sys; from policies.registry import POLICIES; sys.exit(0 if 'evo-search' in POLICIES else 1)" \
     2>/dev/null; then
-  POLICIES="$POLICIES,evo-search"
+  POLICIES="$POLICIES,evo-search:budget_tokens=$EVO_BUDGET"
 fi
 
 part_command() {

@@ -100,3 +100,20 @@ def test_console_script_on_the_default_model(tmp_path):
         assert r["dense_ppl"] == pytest.approx(dense)
     assert dense < results["sparsegpt"]["ppl"] <= results["wanda"]["ppl"] * 1.05
     assert results["wanda"]["ppl"] * 3 < results["magnitude"]["ppl"]
+
+
+def test_agent_flags_become_agent_settings():
+    from policies.agent.settings import AgentSettings
+    from policies.app.cli import build_parser
+    from policies.app.cli_episodes import _agent_options
+
+    args = build_parser().parse_args(["compare", "--policies", "agent", "--agent-max-endpoint-failures", "3",
+                                      "--agent-step-time-limit", "45", "--agent-pace", "off", "--agent-memory", "off",
+                                      "--agent-bar-rejected", "off"])
+    options = _agent_options(args)
+    assert options == {"max_endpoint_failures": 3, "step_time_limit_s": 45.0, "pace": False, "memory": False,
+                       "bar_rejected": False}
+    settings = AgentSettings(**options)
+    assert (settings.max_endpoint_failures, settings.step_time_limit_s, settings.pace, settings.memory) == (3, 45.0,
+                                                                                                         False, False)
+    assert _agent_options(build_parser().parse_args(["compare", "--policies", "agent"])) == {}

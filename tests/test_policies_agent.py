@@ -13,7 +13,7 @@ from policies.agent import make_agent
 from policies.agent.answer import AnswerError, answer_schema, parse_answer, response_format, validate_answer
 from policies.agent.chat import EndpointError, backoff_delay
 from policies.agent.fallback import fallback_action
-from policies.agent.prompt import HistoryEntry, build_messages, history_text
+from policies.agent.prompt import HistoryEntry, PromptState, build_messages, history_text, unit_rows
 from policies.agent.settings import resolve_settings
 from policies.agent.transcript import ReplayError, read_transcript
 from policies.base import EnvView, StepOutcome
@@ -77,9 +77,9 @@ def test_invalid_answers_say_what_is_wrong(text, needle):
 
 def test_the_cap_is_enforced_per_unit():
     assert validate('{"prune": {"2": 1}}', sparsity=(0, 0, 0.8, 0), cap=0.9).tolist() == [0, 0, 1, 0]
-    with pytest.raises(AnswerError, match="at most 1"):
-        validate('{"prune": {"2": 2}}', sparsity=(0, 0, 0.8, 0), cap=0.9)
-    with pytest.raises(AnswerError, match="at most 0"):
+    # a level past the room under the cap is cut to the room (as the env caps a step), not refused
+    assert validate('{"prune": {"2": 2, "0": 2}}', sparsity=(0, 0, 0.8, 0), cap=0.9).tolist() == [2, 0, 1, 0]
+    with pytest.raises(AnswerError, match="at the cap 0.9: it cannot be pruned further"):
         validate('{"prune": {"2": 1}}', sparsity=(0, 0, 0.9, 0), cap=0.9)
 
 
@@ -109,17 +109,33 @@ def entry(step: int, **kw) -> HistoryEntry:
 
 def test_history_is_bounded_and_keeps_reflections_and_rollbacks():
     history = [entry(i, rolled_back=(i == 19), ppl_after=20.0 if i == 19 else 11.0) for i in range(1, 21)]
-    text = history_text(history, limit=3, reflection_chars=60)
+    text = history_text(history, limit=3, reflection_chars=60, reasoned=2)
     assert "last 3 of 20 steps" in text and "17 earlier steps not shown (0 rolled back" in text
     assert [ln.split(":")[0] for ln in text.splitlines() if ln.startswith("step ")] == ["step 18", "step 19", "step 20"]
     assert "learned 19" in text and "ROLLED BACK" in text and "+100.0%" in text
+    assert "learned 18" not in text  # the reasoning of the last 2 shown steps only
     assert max(len(ln) for ln in text.splitlines()) < 140  # long rationales are clipped
     # the prompt does not grow with the episode
-    short = build_messages(view(), obs(), history[:4], history_size=3, reflection_chars=60)[1]["content"]
-    long = build_messages(view(), obs(), history * 10, history_size=3, reflection_chars=60)[1]["content"]
+    rows = unit_rows(SHORT, False)
+    def prompt(h):
+        return build_messages(view(), obs(), PromptState(history=h), rows, history_size=3, reflection_chars=60)[1]["content"]
+    short, long = prompt(history[:4]), prompt(history * 10)
     assert abs(len(long) - len(short)) < 40
-    assert "Goal: global sparsity 0.500" in short and "0: s=0.00 zw=+0.50 zg=+0.00" in short
+    assert "Goal: global sparsity 0.500" in short and "0: s=0.00 zw=+0.5 zg=+0.0" in short
     assert "more than 20%" in short
+
+
+def test_the_history_marks_what_pacing_added_and_the_fallback_separately():
+    paced = entry(1, levels={"1": 2, "3": 1}, chosen={"1": 1}, chosen_gain=0.025, added_gain=0.05, reflection="",
+                  rationale="mine")
+    fallback = entry(2, levels={"2": 1, "0": 1}, chosen={"2": 1}, fallback=True, chosen_gain=0.025,
+                     added_gain=0.025, rationale="", reflection="")
+    plain = entry(3, levels={"0": 2}, chosen={"0": 2}, chosen_gain=0.05, rationale="", reflection="")
+    lines = history_text([paced, fallback, plain], limit=3, reflection_chars=60, reasoned=3).splitlines()
+    assert lines[1].startswith("step 1: you chose {1: 1} (+0.025); pacing added {1: 1, 3: 1} (+0.050) -> perplexity")
+    assert lines[3].startswith("step 2: no valid answer; fallback {2: 1} (+0.025), not yours; pacing added {0: 1} (+0.025)")
+    assert lines[4].startswith("step 3: you chose {0: 2} (+0.050) -> ") and "pacing" not in lines[4]
+    assert paced.added == {"1": 1, "3": 1} and plain.added == {} and entry(4).own == {"1": 1}
 
 
 def test_settings_come_from_arguments_then_env_variables():
@@ -190,7 +206,7 @@ def test_answers_that_stay_invalid_lead_to_the_recorded_fallback(tmp_path):
         action = agent.act(obs(sparsity=(0, 0.9, 0, 0)), {})
     assert action.tolist() == [0, 0, 0, 1]  # the fallback: least important unit, one level
     rec = agent.record()
-    assert rec["fallback"] and "3 invalid answers" in rec["fallback_reason"] and "at most 0" in rec["fallback_reason"]
+    assert rec["fallback"] and "3 invalid answers" in rec["fallback_reason"] and "at the cap" in rec["fallback_reason"]
     assert len(server.requests) == 3
     decision = [r for r in read_transcript(tmp_path / "t.jsonl") if r["type"] == "decision"]
     assert decision == [{"type": "decision", "step": 1, "action": [0, 0, 0, 1], "fallback": True,
@@ -226,7 +242,7 @@ def test_an_endpoint_that_stays_down_leads_to_the_fallback(tmp_path):
         assert agent.history[0].fallback and agent.history[0].levels == {"3": 1}
         assert agent.act(obs(sparsity=(0, 0, 0, 0.1)), {}).tolist() == [1, 0, 0, 0]
     prompt = server.requests[3]["messages"][1]["content"]
-    assert "fallback action, not yours" in prompt and "+5.0%" in prompt
+    assert "step 1: no valid answer; fallback {3: 1} (+0.025), not yours -> perplexity +5.0%" in prompt
 
 
 def test_a_refused_configuration_raises_instead_of_falling_back(tmp_path):
@@ -280,41 +296,79 @@ def test_a_rollback_is_remembered_with_the_rejected_perplexity(tmp_path):
     e = agent.history[0]
     assert (e.ppl_before, e.ppl_after, e.rolled_back, e.reflection) == (10.0, 14.0, True, "early is cheap")
     prompt = server.requests[1]["messages"][1]["content"]
-    assert "step 1: pruned {0: 2} -> perplexity +40.0%, ROLLED BACK" in prompt and "early is cheap" in prompt
+    assert "step 1: you chose {0: 2} (+0.050) -> perplexity +40.0%, ROLLED BACK" in prompt and "early is cheap" in prompt
+    # the memory keeps the rollback, and charges unit 0 for it: log(1.4) over its 2 levels
+    assert "Rolled back so far (1 of 1 steps):\nstep 1: {0: 2} -> perplexity +40.0% > 20%, undone" in prompt
+    assert f"0: s=0.00 zw=+0.5 zg=+0.0 cost={100 * np.log(1.4) / 2:+.1f}% n=1" in prompt and "1: s=0.00" in prompt
+
+
+def test_a_rolled_back_choice_is_barred_until_a_kept_step_prunes_the_unit(tmp_path):
+    rolled_back = {"ppl": 10.0, "rolled_back": True, "rejected_ppl": 14.0}
+    script = [answer({"0": 2, "1": 1}),          # step 1: rolled back
+              answer({"0": 2}),                  # step 2: unit 0 at its barred level: asked again
+              answer({"0": 1, "1": 2}),          # still barred (unit 1 from level 1 up)
+              answer({"0": 1, "3": 2}),          # valid; rolled back too: unit 3 barred from 2, unit 0 from 1
+              answer({"0": 1}),                  # step 3: barred
+              answer({"3": 1}),                  # valid; kept: unit 3 is pruned, so it is free again
+              answer({"1": 1}),                  # step 4: unit 1 is unchanged since its rollback: still barred
+              answer({"2": 1, "3": 2})]          # valid
+    with ScriptedChatServer(script) as server:
+        agent = agent_on(server, [], tmp_path)
+        for step, info in enumerate([rolled_back, rolled_back, {"ppl": 11.0}, {"ppl": 11.0}], start=1):
+            action = agent.act(obs(), {})
+            agent.observe(StepOutcome(step=step, action=action, reward=0.0, terminated=False, truncated=False,
+                                      obs=obs(), info=info))
+    assert [h.own for h in agent.history] == [{"0": 2, "1": 1}, {"0": 1, "3": 2}, {"3": 1}, {"2": 1, "3": 2}]
+    assert len(server.requests) == 8
+    assert "Barred" not in server.requests[0]["messages"][1]["content"]
+    assert "Barred (rolled back; until a kept step prunes them): {0: >=2, 1: >=1}." in server.requests[1]["messages"][1]["content"]
+    assert "0 at level 2 (barred from 2)" in server.requests[2]["messages"][-1]["content"]
+    assert "1 at level 2 (barred from 1)" in server.requests[3]["messages"][-1]["content"]
+    assert "{0: >=1, 1: >=1, 3: >=2}" in server.requests[4]["messages"][1]["content"]
+    assert "{0: >=1, 1: >=1}." in server.requests[6]["messages"][1]["content"]
+    assert "1 at level 1 (barred from 1)" in server.requests[7]["messages"][-1]["content"]
+
+
+def test_a_choice_that_stays_barred_leads_to_the_fallback(tmp_path):
+    with ScriptedChatServer([answer({"0": 2})] * 4) as server:
+        agent = agent_on(server, [], tmp_path)
+        action = agent.act(obs(), {})
+        agent.observe(StepOutcome(step=1, action=action, reward=-1.0, terminated=False, truncated=False, obs=obs(),
+                                  info={"ppl": 10.0, "rolled_back": True, "rejected_ppl": 14.0}))
+        action = agent.act(obs(), {})
+    assert action.tolist() == [0, 0, 0, 1]  # the fallback (least important unit), not the barred {0: 2}
+    rec = agent.record()
+    assert rec["fallback"] and "3 invalid answers" in rec["fallback_reason"] and "barred from 2" in rec["fallback_reason"]
+
+
+def test_without_bar_rejected_a_rolled_back_choice_may_be_repeated(tmp_path):
+    with ScriptedChatServer([answer({"0": 2}), answer({"0": 2})]) as server:
+        agent = agent_on(server, [], tmp_path, bar_rejected=False)
+        action = agent.act(obs(), {})
+        agent.observe(StepOutcome(step=1, action=action, reward=-1.0, terminated=False, truncated=False, obs=obs(),
+                                  info={"ppl": 10.0, "rolled_back": True, "rejected_ppl": 14.0}))
+        assert agent.act(obs(), {}).tolist() == [2, 0, 0, 0]
+    assert len(server.requests) == 2 and "Barred" not in server.requests[1]["messages"][1]["content"]
 
 
 def test_pacing_tops_up_the_least_important_units_only_by_the_shortfall():
-    from policies.agent.pacing import pace_action, planned_gain
+    from policies.agent.pacing import pace_action, pace_plan, planned_gain
 
-    o = obs()  # global 0, target 0.5, 10 steps left, reserve 2 -> at least 0.0625 this step
+    o = obs()  # global 0, target 0.5, 10 steps left
     numel = np.array([100, 100, 100, 100])
+    pace = pace_plan(0.5, 10, rollbacks=0, reserve=2, largest_kept=0.1)  # 0.5 over 8 steps: 0.0625
+    assert (pace.reserve_left, pace.required, pace.bound) == (2, 0.0625, 0.1)
     mine = np.array([0, 0, 1, 0])  # +0.1 on one unit = 0.025 global: too little
-    paced, added = pace_action(mine, o, numel, step_size=0.1, n_levels=3, cap=0.95)
+    paced, added = pace_action(mine, o, numel, step_size=0.1, n_levels=3, cap=0.95, pace=pace)
     assert paced[2] == 1  # the agent's own choice is kept
     assert added == 2 and paced.tolist() == [0, 1, 1, 1]  # spread: unit 3 (-0.9, least important), then unit 1
     assert planned_gain(paced, o["sparsity"], numel, step_size=0.1, cap=0.95) >= 0.0625
+    # units of a step just rolled back are topped up last
+    assert pace_action(mine, o, numel, step_size=0.1, n_levels=3, cap=0.95, pace=pace, avoid={3})[0].tolist() == [1, 1, 1, 0]
     enough = np.array([2, 2, 0, 0])
-    kept, none_added = pace_action(enough, o, numel, step_size=0.1, n_levels=3, cap=0.95)
+    kept, none_added = pace_action(enough, o, numel, step_size=0.1, n_levels=3, cap=0.95, pace=pace)
     assert kept.tolist() == enough.tolist() and none_added == 0
-    done = {**o, "global_sparsity": np.array([0.5], dtype=np.float32)}
-    assert pace_action(mine, done, numel, step_size=0.1, n_levels=3, cap=0.95)[1] == 0
+    done = pace_plan(0.0, 10, rollbacks=0, reserve=2, largest_kept=0.1)
+    assert pace_action(mine, o, numel, step_size=0.1, n_levels=3, cap=0.95, pace=done)[1] == 0
     full = obs(sparsity=(0.9, 0.9, 0.9, 0.9))  # everything at the cap: nothing to add, no endless loop
-    assert pace_action(np.zeros(4, dtype=np.int64), {**full, "global_sparsity": np.array([0.1], dtype=np.float32)},
-                       numel, step_size=0.1, n_levels=3, cap=0.95)[1] == 0
-
-
-def test_a_timid_agent_is_paced_onto_the_target(tmp_path):
-    """An agent that always answers one level on one unit truncates below the target unless paced."""
-    timid = answer({"2": 1}, "small steps", "")
-    with ScriptedChatServer([timid] * 20) as server:
-        agent = agent_on(server, [], tmp_path, pace=True)
-        sparsity = np.zeros(4)
-        for step in range(8):
-            o = obs(sparsity=tuple(sparsity))
-            o["steps_left"] = np.array([8 - step], dtype=np.float32)
-            action = agent.act(o, {})
-            sparsity = np.minimum(sparsity + action * 0.1, 0.95)
-            if sparsity.mean() >= 0.5 - 1e-9:
-                break
-    assert sparsity.mean() >= 0.5 - 1e-9
-    assert agent.record()["topped_up_levels"] >= 0
+    assert pace_action(np.zeros(4, dtype=np.int64), full, numel, step_size=0.1, n_levels=3, cap=0.95, pace=pace)[1] == 0

@@ -41,7 +41,7 @@ SCRIPT = [
     answer({"7": 1}),                                                           # step 3: unknown unit ...
     Reply(status=500), Reply(content="too late", delay=1.0),                    # ... HTTP 500, timeout ...
     answer({"3": 1}),                                                           # ... then valid
-    answer({"3": 1}), answer({"3": 1}), answer({"3": 1}),                       # step 4: over the cap x3
+    answer({"3": 1}), answer({"3": 1}), answer({"3": 1}),                       # step 4: at the cap x3
     Reply(status=503), Reply(status=503), Reply(status=503),                    # step 5: endpoint down
 ]
 
@@ -76,7 +76,7 @@ def test_the_agent_retries_falls_back_and_records_every_step(scripted_run):
     assert (agent[2]["answer_retries"], agent[2]["network_retries"], agent[2]["requests"]) == (1, 2, 4)
     assert "unknown unit '7'" in agent[2]["answer_errors"][0] and steps[2]["action"] == [0, 0, 0, 1]
     assert ["http 500" in e or "timeout" in e for e in agent[2]["transport_errors"]] == [True, True]
-    assert agent[3]["fallback"] and "pass the cap" in agent[3]["fallback_reason"]
+    assert agent[3]["fallback"] and "at the cap" in agent[3]["fallback_reason"]
     assert agent[4]["fallback"] and "503" in agent[4]["fallback_reason"]
     assert sum(a["fallback"] for a in agent) == 2 == result.totals["fallbacks"]
     for a, s in zip(agent, steps):  # a fallback is one level on one unit

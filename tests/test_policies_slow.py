@@ -37,3 +37,14 @@ def test_structured_on_default_model_removes_fifteen_blocks(env):
     for lin in env.structure.linears:
         assert bool((lin.module.weight == 0).all()) == (lin.block in policy.removed)
     assert result.final_ppl > result.dense_ppl
+
+
+def test_evo_search_on_default_model_lands_on_the_target_and_improves_its_fitness(env):
+    policy = make_policy("evo-search", windows=(1,), survivors=(2,), offspring=4, max_generations=4,
+                         budget_tokens=10**6)
+    result = run_episode(env, policy, progress=False)
+    summary = policy.summary()
+    assert abs(summary["planned_sparsity"] - 0.5) < 1e-9
+    assert abs(result.global_sparsity - 0.5) <= 0.005
+    assert summary["generations"] == 4 and summary["final_fitness"] <= summary["start_fitness"]
+    assert result.tokens_evaluated == summary["tokens_used"] <= 10**6

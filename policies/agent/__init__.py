@@ -2,7 +2,8 @@
 
 Modules, one job each: ``settings`` (options and environment variables), ``prompt`` (pure prompt building),
 ``answer`` (schema, tolerant parser, validator), ``fallback`` (the action taken without a valid answer),
-``accounting`` (whose pruning it was: the LLM's, pacing's or the fallback's, pure), ``transport`` (one
+``memory`` (the outcome memory: per-unit cost, rolled-back steps, pure), ``pacing`` (the pace and the
+top-up, pure), ``accounting`` (whose pruning it was: the LLM's, pacing's or the fallback's, pure), ``transport`` (one
 request via the ``openai`` client), ``chat`` (retries, backoff, response-format mode, the step time limit,
 :class:`EndpointError`, transcript records), ``transcript`` (JSONL writer, replay), ``policy``
 (:class:`LLMAgent`), ``server`` (the local llama.cpp server), ``factory`` (:func:`make_agent`,

@@ -33,6 +33,27 @@ class StepGain:
         return self.own + self.topped_up + self.fallback
 
 
+def target_factor(sparsity: np.ndarray, numel: np.ndarray, delta: np.ndarray, target: float) -> float:
+    """The env's common scale of a step's increments ``delta``: 1, or ``need / gain`` when the step would
+    overshoot the target (:meth:`prune_env.env.PruningEnv._planned_ratios`)."""
+    w = np.asarray(numel, dtype=np.float64)
+    total = float(w.sum())
+    gain = float((np.asarray(delta, dtype=np.float64) * w).sum() / total)
+    now = float((np.asarray(sparsity, dtype=np.float64) * w).sum() / total)
+    if gain > 0 and now + gain > target + 1e-12:
+        return max(target - now, 0.0) / gain
+    return 1.0
+
+
+def planned_increments(sparsity: np.ndarray, numel: np.ndarray, levels: np.ndarray, *, step_size: float, cap: float,
+                       target: float) -> np.ndarray:
+    """Per-unit sparsity the env adds for ``levels``: ``min(s + level * step_size, cap) - s``, scaled onto the
+    target when the step would overshoot it (what the outcome memory charges each unit for)."""
+    s = np.asarray(sparsity, dtype=np.float64)
+    delta = np.maximum(np.minimum(s + np.asarray(levels, dtype=np.float64) * step_size, cap) - s, 0.0)
+    return delta * target_factor(s, numel, delta, target)
+
+
 def step_gain(sparsity: np.ndarray, numel: np.ndarray, own_levels: np.ndarray, paced_levels: np.ndarray, *,
               step_size: float, cap: float, target: float, fallback: bool) -> StepGain:
     """The gain of one step from per-unit sparsity before it, the chosen levels (``own_levels``: the LLM's or
@@ -48,11 +69,7 @@ def step_gain(sparsity: np.ndarray, numel: np.ndarray, own_levels: np.ndarray, p
     all_after = np.minimum(s + paced * step_size, cap)
     own_delta = np.maximum(own_after - s, 0.0)
     pace_delta = np.maximum(all_after - own_after, 0.0)
-    gain = float(((own_delta + pace_delta) * w).sum() / total)
-    factor = 1.0
-    if float((all_after * w).sum() / total) > target + 1e-12 and gain > 0:  # the env scales the step onto the target
-        need = target - float((s * w).sum() / total)
-        factor = max(need, 0.0) / gain
+    factor = target_factor(s, w, own_delta + pace_delta, target)
     own_gain = factor * float((own_delta * w).sum() / total)
     pace_gain = factor * float((pace_delta * w).sum() / total)
     if fallback:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,33 +147,60 @@ def _level(unit: str, raw: Any, n_levels: int) -> int:
     return int(value)
 
 
-def _unit_index(unit: str, short: Sequence[str], full: Sequence[str]) -> int:
+def _unit_index(unit: str, short: Sequence[str], full: Sequence[str], groups: Mapping[str, Sequence[int]]) -> int | None:
+    """The index of a named unit; None for a group name; AnswerError for an unknown name."""
+    if unit in groups:
+        return None
     if unit in short:
         return short.index(unit)
     if unit in full:
         return full.index(unit)
-    listed = ", ".join(short[:40]) + (", ..." if len(short) > 40 else "")
-    raise AnswerError(f"unknown unit {unit!r}; units are: {listed}")
+    names = list(groups) if groups else list(short)
+    listed = ", ".join(names[:40]) + (", ..." if len(names) > 40 else "")
+    raise AnswerError(f"unknown {'group' if groups else 'unit'} {unit!r}; {'groups' if groups else 'units'} are: {listed}")
+
+
+def _room(sparsity: float, step_size: float, cap: float) -> int:
+    """Levels a unit at ``sparsity`` can still take under the cap."""
+    return max(int(np.floor((cap - sparsity) / step_size + 1e-6)), 0)
 
 
 def validate_answer(answer: Answer, *, short_names: Sequence[str], full_names: Sequence[str],
-                    sparsity: np.ndarray, n_levels: int, step_size: float, cap: float) -> np.ndarray:
+                    sparsity: np.ndarray, n_levels: int, step_size: float, cap: float,
+                    groups: Mapping[str, Sequence[int]] | None = None) -> np.ndarray:
     """The env action (int levels, one per unit) of a parsed answer, or AnswerError saying what is wrong:
-    an unknown unit, a unit named twice, a level outside 0..n_levels-1, a level that would push a unit past
-    the cap, or nothing to prune."""
+    an unknown unit, a unit named twice, a level outside 0..n_levels-1, a unit (or group) already at the cap,
+    or nothing to prune.
+
+    A level past a unit's room under the cap is cut to that room, as the env itself caps a step (the model
+    chose the unit; how far it can go is arithmetic). ``groups`` (name -> unit indices, a grouped table): a
+    group's level goes to each of its units, cut the same way; only a group with no room at all is an error."""
+    groups = groups or {}
     action = np.zeros(len(short_names), dtype=np.int64)
     seen: set[int] = set()
     for unit, raw in answer.levels:
-        i = _unit_index(unit.strip(), short_names, full_names)
-        if i in seen:
-            raise AnswerError(f"unit {short_names[i]} is listed twice; list each unit once")
-        seen.add(i)
-        level = _level(short_names[i], raw, n_levels)
-        room = int(np.floor((cap - float(sparsity[i])) / step_size + 1e-6))
-        if level > room:
-            raise AnswerError(f"unit {short_names[i]} has sparsity {float(sparsity[i]):.2f}; level {level} would "
-                              f"pass the cap {cap:g}, so its level can be at most {max(room, 0)}")
-        action[i] = level
+        name = unit.strip()
+        i = _unit_index(name, short_names, full_names, groups)
+        members = list(groups[name]) if i is None else [i]
+        label = name if i is None else short_names[i]
+        if any(j in seen for j in members):
+            raise AnswerError(f"unit {label} is listed twice; list each unit once" if not groups else
+                              f"{'group' if i is None else 'unit'} {label} is listed twice (a group and its "
+                              f"units count as one); list each once")
+        seen.update(members)
+        level = _level(label, raw, n_levels)
+        rooms = [_room(float(sparsity[j]), step_size, cap) for j in members]
+        if i is None:
+            if level > 0 and max(rooms) == 0:
+                raise AnswerError(f"group {label}: every unit of it is at the cap {cap:g}; choose another group")
+            for j, room in zip(members, rooms):
+                action[j] = min(level, room)
+            continue
+        if level > 0 and rooms[0] == 0:
+            raise AnswerError(f"unit {label} has sparsity {float(sparsity[i]):.2f}, at the cap {cap:g}: it cannot be "
+                              "pruned further; choose another unit")
+        action[i] = min(level, rooms[0])
     if not action.any():
-        raise AnswerError("no unit has a level >= 1; name at least one unit to prune")
+        kind = "group" if groups else "unit"
+        raise AnswerError(f"no {kind} has a level >= 1; name at least one {kind} to prune")
     return action

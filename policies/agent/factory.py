@@ -43,8 +43,8 @@ def make_agent(*, transcript_path: str | Path | None = None, replay_path: str | 
 
     ``options`` are :class:`AgentSettings` fields (``base_url``, ``model``, ``api_key``, ``temperature``,
     ``seed``, ``max_retries``, ``timeout``, ``history_size``, ``answer_retries``, ``max_tokens``,
-    ``response_format``, ``pace``, ``max_endpoint_failures``, ``step_time_limit_s``, ...); unset ones come
-    from ``env`` (default ``os.environ``: ``PRUNE_GYM_AGENT_*``, then ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``
+    ``response_format``, ``pace``, ``rollback_reserve``, ``memory``, ``context_tokens`` (the local server's
+    ``n_ctx`` with ``local``), ``max_endpoint_failures``, ``step_time_limit_s``, ...); unset ones come from ``env`` (default ``os.environ``: ``PRUNE_GYM_AGENT_*``, then ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``
     / ``OPENAI_MODEL``), then the defaults.
 
     * ``local``: start the local llama.cpp server (SmolLM2-135M-Instruct; ``server_options``, or the flat
@@ -70,7 +70,7 @@ def make_agent(*, transcript_path: str | Path | None = None, replay_path: str | 
             fmt = "json_object" if settings.response_format == "auto" else settings.response_format
             server = LocalServer(**_server_kwargs(server_options), response_format=fmt).start()
             settings = replace(settings, base_url=server.base_url, model=server.model, api_key=NO_KEY,
-                               response_format=fmt)
+                               response_format=fmt, context_tokens=server.spec.n_ctx)
         if not settings.model:
             raise ValueError("the agent needs a model name: pass model=... or set OPENAI_MODEL (or "
                              "PRUNE_GYM_AGENT_MODEL); or leave base URL and model unset for the local server")

@@ -1,7 +1,8 @@
 """``LLMAgent``: the policy that asks an LLM, through any OpenAI-compatible endpoint, what to prune next.
 
-One step: build the prompt (goal, profile table, bounded history with the agent's own reflections), ask,
-parse and validate the answer; an invalid answer is asked again with the error fed back, up to
+One step: build the prompt (goal and pace, the units table with the outcome memory, the rolled-back steps, a
+bounded history that keeps the model's own choices apart from pacing's and the fallback's, with its
+reflections; :mod:`policies.agent.prompt`), ask, parse and validate the answer; an invalid answer is asked again with the error fed back, up to
 ``answer_retries`` times; answers that stay invalid, or a single step without any reply (a transient outage),
 lead to the documented fallback action (:mod:`policies.agent.fallback`), recorded as such. The env is only
 ever stepped with a validated action, so the agent cannot corrupt the model.
@@ -31,8 +32,9 @@ from .accounting import StepGain, gain_shares, step_gain
 from .answer import AnswerError, answer_schema, parse_answer, validate_answer
 from .chat import ChatSession, EndpointError, StepBudget
 from .fallback import fallback_action
-from .pacing import pace_action
-from .prompt import HistoryEntry, build_messages, retry_messages
+from .memory import Outcome, bar_rejected, barred_violations, costs, outcome_of, release_bars
+from .pacing import Pace, pace_action, pace_plan, planned_gain
+from .prompt import HistoryEntry, PromptState, build_messages, choose_rows, retry_messages
 from .server import LocalServer
 from .settings import AgentSettings
 
@@ -103,15 +105,24 @@ class LLMAgent:
         self._last_failure = ""
         self._sparsity = np.asarray(sparsity, dtype=np.float64).copy()  # per unit, before the next step
         self._pending: StepGain | None = None    # the gain of the step just acted on, until observed
+        self._pending_own: np.ndarray | None = None  # its chosen levels (before pacing), until observed
         self._recalled: dict[str, Any] | None = None
-        self._gains: list[StepGain] = []         # kept steps only
+        self._gains: list[StepGain] = []         # one per step, zero for rolled-back ones
+        self.outcomes: list[Outcome] = []        # the outcome memory's steps (rolled-back ones included)
+        self._avoid: set[int] = set()            # units of the rolled-back steps since the last kept one
+        self._barred: dict[int, int] = {}        # unit -> lowest level the model chose in a rolled-back step, until
+        #                                          a kept step prunes the unit (memory.bar_rejected, release_bars)
         self._costs = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "llm_wait_s": 0.0}
 
     # ------------------------------------------------------------------ Policy interface
     def reset(self, view: EnvView, obs: dict[str, np.ndarray], info: dict[str, Any]) -> None:
         self._view = view
         self._short = short_unit_names(list(view.unit_names))
-        self._schema = answer_schema(self._short, view.n_levels)
+        st = self.settings
+        self._rows = choose_rows(view, self._short, history_size=st.history_size, reflection_chars=st.reflection_chars,
+                                 context_tokens=st.context_tokens, max_tokens=st.max_tokens, memory=st.memory,
+                                 paced=st.pace)
+        self._schema = answer_schema(self._rows.names, view.n_levels)
         self.history = []
         self._ppl = float(info["ppl"])
         self._current = None
@@ -121,7 +132,8 @@ class LLMAgent:
     def act(self, obs: dict[str, np.ndarray], info: dict[str, Any]) -> np.ndarray:
         view = self._require_view()
         rec = StepRecord(step=len(self.history) + 1)
-        base = build_messages(view, obs, self.history, history_size=self.settings.history_size,
+        pace = self.pace(obs)
+        base = build_messages(view, obs, self.prompt_state(pace), self._rows, history_size=self.settings.history_size,
                               reflection_chars=self.settings.reflection_chars)
         messages = base
         action: np.ndarray | None = None
@@ -146,9 +158,12 @@ class LLMAgent:
             try:
                 answer = parse_answer(call.reply.content)
                 rec.rationale, rec.reflection = answer.rationale, answer.reflection
-                action = validate_answer(answer, short_names=self._short, full_names=view.unit_names,
-                                         sparsity=obs["sparsity"], n_levels=view.n_levels,
-                                         step_size=view.step_size, cap=view.max_unit_sparsity)
+                valid = validate_answer(answer, short_names=self._short, full_names=view.unit_names,
+                                        sparsity=obs["sparsity"], n_levels=view.n_levels,
+                                        step_size=view.step_size, cap=view.max_unit_sparsity,
+                                        groups=self._rows.groups())
+                self._check_barred(valid)
+                action = valid
                 break
             except AnswerError as e:
                 error = str(e) + (CUT_OFF_HINT if call.reply.finish_reason == "length" else "")
@@ -157,16 +172,21 @@ class LLMAgent:
         else:
             rec.fallback_reason = f"{len(rec.answer_errors)} invalid answers, the last: {rec.answer_errors[-1]}"
         self._count_endpoint_failure(rec)
+        unit_cost = [c.per_level for c in costs(self.outcomes, view.unit_numel, view.step_size,
+                                                 [(i,) for i in range(view.n_units)])]
         if action is None:
             rec.fallback = True
-            action = fallback_action(obs, step_size=view.step_size, cap=view.max_unit_sparsity)
+            action = fallback_action(obs, step_size=view.step_size, cap=view.max_unit_sparsity,
+                                     avoid=self._avoid | set(self._barred), cost=unit_cost)
         own = np.asarray(action, dtype=np.int64).copy()
-        if self.settings.pace:  # top up too-small actions so the target stays reachable (.pacing)
+        if self.settings.pace:  # top up too-small actions so the target is reached evenly (.pacing)
             action, rec.topped_up_levels = pace_action(action, obs, np.asarray(view.unit_numel), step_size=view.step_size,
-                                                       n_levels=view.n_levels, cap=view.max_unit_sparsity)
+                                                       n_levels=view.n_levels, cap=view.max_unit_sparsity, pace=pace,
+                                                       avoid=self._avoid, cost=unit_cost)
         rec.own_action = [int(a) for a in own]
         rec.action = [int(a) for a in action]
         self._pending = self._gain(obs["sparsity"], own, np.asarray(action), rec.fallback)
+        self._pending_own = own
         self._add_costs(rec.requests, rec.prompt_tokens, rec.completion_tokens, rec.llm_wait_s)
         self._current = rec
         self._last = rec.as_dict()
@@ -177,24 +197,64 @@ class LLMAgent:
         return action
 
     def observe(self, outcome: StepOutcome) -> None:
+        view = self._require_view()
         rec = self._current
         info = outcome.info
-        gain = self._pending if self._pending is not None else self._replayed_gain(outcome)
+        applied = np.asarray(outcome.action, dtype=np.int64)
+        own = self._pending_own if self._pending is not None else self._recalled_own(applied)
+        gain = self._pending if self._pending is not None else self._gain(self._sparsity, own, applied, bool(rec and rec.fallback))
         kept = gain if not outcome.rolled_back else StepGain()  # a rolled-back step gained nothing
         self._gains.append(kept)
-        self._sparsity = np.asarray(outcome.obs["sparsity"], dtype=np.float64).copy()
-        self._pending, self._recalled = None, None
         self._last = {**self._last, "gain_own": kept.own, "gain_topped_up": kept.topped_up,
                       "gain_fallback": kept.fallback}
         ppl_after = float(info.get("rejected_ppl", info["ppl"])) if outcome.rolled_back else float(info["ppl"])
-        levels = {self._short[i]: int(a) for i, a in enumerate(np.asarray(outcome.action)) if a}
+        numel = np.asarray(view.unit_numel)
+        step = len(self.history) + 1
+        self.outcomes.append(outcome_of(step, self._sparsity, applied, numel, step_size=view.step_size,
+                                        cap=view.max_unit_sparsity, target=view.target_sparsity, ppl_before=self._ppl,
+                                        ppl_after=ppl_after, rolled_back=outcome.rolled_back, short_names=self._short))
+        self._avoid = (self._avoid | {int(i) for i in np.flatnonzero(applied)}) if outcome.rolled_back else set()
+        if not outcome.rolled_back:
+            self._barred = release_bars(self._barred, applied)
+        elif self.settings.bar_rejected and not (rec and rec.fallback):
+            self._barred = bar_rejected(self._barred, own)
+        chosen_gain = self._planned(own)
         self.history.append(HistoryEntry(
-            step=len(self.history) + 1, levels=levels, ppl_before=self._ppl, ppl_after=ppl_after,
+            step=step, levels=self._named(applied), ppl_before=self._ppl, ppl_after=ppl_after,
             sparsity_after=float(outcome.obs["global_sparsity"][0]), rolled_back=outcome.rolled_back,
             fallback=bool(rec and rec.fallback), rationale=rec.rationale if rec else "",
-            reflection=rec.reflection if rec else ""))
+            reflection=rec.reflection if rec else "", chosen=self._named(own), chosen_gain=chosen_gain,
+            added_gain=max(self._planned(applied) - chosen_gain, 0.0)))
+        self._sparsity = np.asarray(outcome.obs["sparsity"], dtype=np.float64).copy()
+        self._pending, self._pending_own, self._recalled = None, None, None
         self._ppl = float(info["ppl"])
         self._current = None
+
+    # ------------------------------------------------------------------ the pace and the memory
+    def pace(self, obs: dict[str, np.ndarray]) -> Pace:
+        """This step's pace (:func:`policies.agent.pacing.pace_plan`), from the rollbacks and kept gains so far."""
+        view = self._require_view()
+        remaining = view.target_sparsity - float(obs["global_sparsity"][0])
+        last = self.history[-1] if self.history else None
+        rejected = (last.chosen_gain or 0.0) + last.added_gain if last is not None and last.rolled_back else None
+        return pace_plan(remaining, int(obs["steps_left"][0]), rollbacks=self.rollbacks,
+                         reserve=self.settings.rollback_reserve, rejected=rejected,
+                         largest_kept=max((g.total for g in self._gains), default=0.0))
+
+    @property
+    def rollbacks(self) -> int:
+        """Steps of this episode that were rolled back."""
+        return sum(o.rolled_back for o in self.outcomes)
+
+    def prompt_state(self, pace: Pace | None = None) -> PromptState:
+        """What the next prompt holds besides the observation (memory included when ``memory`` is on)."""
+        view = self._require_view()
+        memory = self.settings.memory
+        table = costs(self.outcomes, view.unit_numel, view.step_size, self._rows.members) if memory else None
+        return PromptState(history=tuple(self.history), pace=pace, paced=self.settings.pace, rollbacks=self.rollbacks,
+                           reserve=self.settings.rollback_reserve, costs=table,
+                           outcomes=tuple(self.outcomes) if memory else (),
+                           barred={self._short[i]: level for i, level in self._barred.items()})
 
     def recall(self, extras: dict[str, Any]) -> None:
         """Resume (:class:`policies.base.Recalling`): the next observed step was decided with these extras
@@ -203,7 +263,7 @@ class LLMAgent:
                                    reflection=str(extras.get("reflection") or ""),
                                    fallback=bool(extras.get("fallback", False)))
         self._recalled = dict(extras)
-        self._pending = None
+        self._pending, self._pending_own = None, None
         self._add_costs(int(extras.get("requests") or 0), int(extras.get("prompt_tokens") or 0),
                         int(extras.get("completion_tokens") or 0),
                         float(extras.get("llm_wait_s", extras.get("latency_s")) or 0.0))
@@ -241,6 +301,16 @@ class LLMAgent:
         self.close()
 
     # ------------------------------------------------------------------ helpers
+    def _check_barred(self, action: np.ndarray) -> None:
+        """AnswerError naming the units the answer puts at or above their bar (:func:`memory.bar_rejected`)."""
+        bad = barred_violations(action, self._barred)
+        if not bad:
+            return
+        row_of = {i: name for name, members in zip(self._rows.names, self._rows.members) for i in members}
+        listed = ", ".join(dict.fromkeys(f"{row_of[i]} at level {level} (barred from {bar})" for i, level, bar in bad))
+        raise AnswerError(f"{listed}: you chose that in a step that was rolled back, and the unit is unchanged "
+                          "since, so it would be rolled back again; give those lower levels or choose other units")
+
     def _count_endpoint_failure(self, rec: StepRecord) -> None:
         """Count a step without any reply (transport reasons); EndpointError at ``max_endpoint_failures`` in a
         row. Any other step breaks the run of failures (the endpoint answered, or failed for another reason)."""
@@ -261,15 +331,22 @@ class LLMAgent:
         return step_gain(sparsity, np.asarray(view.unit_numel), own, paced, step_size=view.step_size,
                          cap=view.max_unit_sparsity, target=view.target_sparsity, fallback=fallback)
 
-    def _replayed_gain(self, outcome: StepOutcome) -> StepGain:
-        """The gain of a step replayed on a resume, from its recorded levels (steps recorded before
+    def _recalled_own(self, applied: np.ndarray) -> np.ndarray:
+        """The chosen levels of a step replayed on a resume, from its record (steps recorded before
         ``own_action`` existed count as wholly the agent's, or the fallback's)."""
         extras = self._recalled or {}
-        applied = np.asarray(outcome.action, dtype=np.int64)
         own = np.asarray(extras.get("own_action") or applied, dtype=np.int64)
-        if own.shape != applied.shape or np.any(own > applied):
-            own = applied
-        return self._gain(self._sparsity, own, applied, bool(extras.get("fallback", False)))
+        return applied if own.shape != applied.shape or np.any(own > applied) else own
+
+    def _planned(self, levels: np.ndarray) -> float:
+        """Global sparsity ``levels`` add from the state before the step being observed."""
+        view = self._require_view()
+        return planned_gain(levels, self._sparsity, np.asarray(view.unit_numel), step_size=view.step_size,
+                            cap=view.max_unit_sparsity, target=view.target_sparsity)
+
+    def _named(self, levels: np.ndarray) -> dict[str, int]:
+        """Short unit name -> level, non-zero levels only."""
+        return {self._short[i]: int(a) for i, a in enumerate(np.asarray(levels)) if a}
 
     def _add_costs(self, requests: int, prompt_tokens: int, completion_tokens: int, wait_s: float) -> None:
         c = self._costs

@@ -28,6 +28,10 @@ ENV_VARS: Mapping[str, tuple[str, ...]] = {
     "max_tokens": ("PRUNE_GYM_AGENT_MAX_TOKENS",),
     "response_format": ("PRUNE_GYM_AGENT_RESPONSE_FORMAT",),
     "pace": ("PRUNE_GYM_AGENT_PACE",),
+    "rollback_reserve": ("PRUNE_GYM_AGENT_ROLLBACK_RESERVE",),
+    "memory": ("PRUNE_GYM_AGENT_MEMORY",),
+    "bar_rejected": ("PRUNE_GYM_AGENT_BAR_REJECTED",),
+    "context_tokens": ("PRUNE_GYM_AGENT_CONTEXT_TOKENS",),
     "max_endpoint_failures": ("PRUNE_GYM_AGENT_MAX_ENDPOINT_FAILURES",),
     "step_time_limit_s": ("PRUNE_GYM_AGENT_STEP_TIME_LIMIT",),
 }
@@ -52,6 +56,10 @@ class AgentSettings:
     max_tokens: int = 384            # completion budget per request
     response_format: str = "auto"    # auto | json_schema | json_object | none
     pace: bool = True                # top up too-small actions so the target stays reachable (agent/pacing.py)
+    rollback_reserve: int = 4        # spare steps pacing keeps for rollbacks (each rollback spends one)
+    memory: bool = True              # the outcome memory in the prompt: per-unit cost, rolled-back steps (agent/memory.py)
+    bar_rejected: bool = True        # after a rollback, the model's own rejected choices are barred until a step is kept
+    context_tokens: int = 4096       # the agent model's context window; the prompt stays within it minus max_tokens
     max_endpoint_failures: int = 2   # this many consecutive steps without a reply (transport errors): EndpointError
     step_time_limit_s: float = 300.0  # all tries of one step together; past it the step counts as failed
 
@@ -69,6 +77,8 @@ class AgentSettings:
             ("history_size", self.history_size >= 0, ">= 0"),
             ("reflection_chars", self.reflection_chars >= 20, ">= 20"),
             ("max_tokens", self.max_tokens >= 32, ">= 32"),
+            ("rollback_reserve", self.rollback_reserve >= 0, ">= 0 steps"),
+            ("context_tokens", self.context_tokens > self.max_tokens, f"> max_tokens ({self.max_tokens})"),
             ("max_endpoint_failures", self.max_endpoint_failures >= 1, ">= 1 step"),
             ("step_time_limit_s", self.step_time_limit_s > 0, "> 0 seconds"),
         ]

@@ -65,6 +65,19 @@ def _add_episode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agent-model", default=None, help="the endpoint's model name (default: OPENAI_MODEL)")
     p.add_argument("--agent-api-key", default=None, help="API key (default: OPENAI_API_KEY)")
     p.add_argument("--agent-temperature", type=float, default=None, help="sampling temperature (default 0)")
+    p.add_argument("--agent-max-endpoint-failures", type=int, default=None, metavar="N",
+                   help="consecutive steps without a reply before the agent stops with EndpointError (default 2; "
+                        "env PRUNE_GYM_AGENT_MAX_ENDPOINT_FAILURES)")
+    p.add_argument("--agent-step-time-limit", type=float, default=None, metavar="SECONDS",
+                   help="all tries of one agent step together; past it the step counts as failed (default 300; "
+                        "env PRUNE_GYM_AGENT_STEP_TIME_LIMIT)")
+    p.add_argument("--agent-pace", choices=("on", "off"), default=None,
+                   help="pacing top-ups that keep the agent on course for the target (default on)")
+    p.add_argument("--agent-memory", choices=("on", "off"), default=None,
+                   help="the outcome memory in the agent's prompt: per-unit cost, rolled-back steps (default on)")
+    p.add_argument("--agent-bar-rejected", choices=("on", "off"), default=None,
+                   help="bar the model's own choices of a step rolled back from the current state until a step is "
+                        "kept (default on)")
     p.add_argument("--wandb", action="store_true", help="log to Weights & Biases (pip install 'prune-gym[wandb]')")
     p.add_argument("--wandb-project", default="prune-gym")
     p.add_argument("--wandb-entity", default=None)
@@ -75,8 +88,9 @@ def _add_episode_args(p: argparse.ArgumentParser) -> None:
                         "allocation from dense block by block with sequential calibration, as the Wanda/SparseGPT "
                         "references do; none keeps the env's one-shot weights (what the policy saw)")
     p.add_argument("--budget", type=int, default=None, metavar="TOKENS",
-                   help="validation tokens a search (random-search) may evaluate; in compare the agent's own count "
-                        "wins when the agent runs (default: a search's own default of 20 evaluations)")
+                   help="validation tokens a search (random-search, evo-search) may evaluate; in compare the agent's own "
+                        "count wins when the agent runs, and a name's own option (evo-search:budget_tokens=N) wins "
+                        "over both (default: each search's own: 20 evaluations, 300,000 tokens)")
     p.add_argument("--json", action="store_true", help="print one JSON object with the results on stdout")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -91,7 +105,11 @@ def _env_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def _agent_options(args: argparse.Namespace) -> dict[str, Any]:
     pairs = {"base_url": args.agent_base_url, "model": args.agent_model, "api_key": args.agent_api_key,
-             "temperature": args.agent_temperature}
+             "temperature": args.agent_temperature, "max_endpoint_failures": args.agent_max_endpoint_failures,
+             "step_time_limit_s": args.agent_step_time_limit,
+             "pace": None if args.agent_pace is None else args.agent_pace == "on",
+             "memory": None if args.agent_memory is None else args.agent_memory == "on",
+             "bar_rejected": None if args.agent_bar_rejected is None else args.agent_bar_rejected == "on"}
     return {k: v for k, v in pairs.items() if v is not None}
 
 

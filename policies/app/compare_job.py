@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from policies.registry import is_search
+from policies.registry import inline_options, is_search
 from prune_env.models import DEFAULT_MODEL
 
 from .benchdoc import machine_description
@@ -223,7 +223,11 @@ def policy_extras(name: str, config: CompareConfig, results: dict[str, Any]) -> 
     """The options ``compare`` adds to a policy: a search's budget (recorded in ``results["budgets"]``)."""
     if not is_search(name):
         return {}
-    options, source = search_budget(config, results["policies"])
+    own = inline_options(name).get("budget_tokens")
+    if own is not None:
+        options, source = {}, f"its own option budget_tokens={own}"
+    else:
+        options, source = search_budget(config, results["policies"])
     results["budgets"][name] = {"options": options, "source": source}
     return options
 

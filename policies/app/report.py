@@ -12,7 +12,7 @@ A row (``status: ok``) has at least ``policy``, ``ppl`` (test windows), ``ood_pp
 ``validation_ppl``, ``status``, ``error`` (None), plus ``ppl_ratio``, ``steps``, ``rollbacks``,
 ``wall_seconds``, ``tokens``, ``knowledge``, ``retention``, ``sparsity_map``, ``trace``; an agent row also
 ``own_share``, ``topped_up_share``, ``fallback_share``, ``requests``, ``llm_wait_s``; a search row
-``budget_source``. A failed row is ``{"policy", "status": "failed", "error", "ppl": None}``.
+``budget_source``, an evolutionary search's also ``generations`` and ``search_curve``. A failed row is ``{"policy", "status": "failed", "error", "ppl": None}``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 
 SPARSITY_PLOT = "unit_sparsity.png"
 TRACE_PLOT = "ppl_over_steps.png"
+SEARCH_PLOT = "search_progress.png"
 BELOW_TARGET = 0.005   # a measured sparsity this far under the target is flagged
 MIN_OWN_SHARE = 0.5    # an agent row whose own choices made less than this share of its pruning is flagged
 AGENT_KEYS = ("own_share", "topped_up_share", "fallback_share")
@@ -206,6 +207,31 @@ def plot_ppl_over_steps(results: Mapping[str, Any], path: Path) -> Path:
     return _save(fig, plt, path)
 
 
+def search_rows(results: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """The rows of searches that recorded a per-generation path (``search_curve``: evo-search)."""
+    return [(name, row) for name, row in results["policies"].items()
+            if not is_failed(row) and row.get("search_curve")]
+
+
+def plot_search_progress(results: Mapping[str, Any], path: Path) -> Path | None:
+    """Each evolutionary search's parent fitness (validation) against the validation tokens it had spent."""
+    rows = search_rows(results)
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for name, row in rows:
+        curve = row["search_curve"]
+        ax.plot([c["tokens_used"] for c in curve], [c["parent_fitness"] for c in curve], drawstyle="steps-post",
+                marker=".", label=name)
+    ax.set_xlabel("validation tokens evaluated")
+    ax.set_ylabel("parent fitness (validation; kl: nats/token)")
+    ax.set_yscale("log")
+    ax.set_title("Search progress: the parent's validation fitness per generation")
+    ax.legend(fontsize=8)
+    return _save(fig, plt, path)
+
+
 def render_report(results: Mapping[str, Any], *, plots: bool = True) -> str:
     """The Markdown report: what was run, the table, failures, agent accounting, budgets, plots."""
     dense = results.get("dense", {})
@@ -243,6 +269,11 @@ def render_report(results: Mapping[str, Any], *, plots: bool = True) -> str:
     if plots:
         parts += ["", "## Per-unit sparsity", "", f"![per-unit sparsity]({SPARSITY_PLOT})",
                   "", "## Perplexity over steps", "", f"![perplexity over steps]({TRACE_PLOT})"]
+        if search_rows(results):
+            parts += ["", "## Search progress", "",
+                      "The parent's validation fitness after each generation, against the validation tokens spent "
+                      "(test perplexity along the path: `scripts/bench_policies.py`).", "",
+                      f"![search progress]({SEARCH_PLOT})"]
     return "\n".join(parts) + "\n"
 
 
@@ -252,6 +283,7 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     plot_unit_sparsity(results, out / SPARSITY_PLOT)
     plot_ppl_over_steps(results, out / TRACE_PLOT)
+    plot_search_progress(results, out / SEARCH_PLOT)
     path = out / "report.md"
     path.write_text(render_report(results))
     return path

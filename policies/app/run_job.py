@@ -276,9 +276,11 @@ def final_metrics(result: EpisodeResult, out: Path, *, agent: bool = False) -> d
     }
     if agent:
         metrics.update(agent_accounting(result, tokens))
-    for key in ("budget", "budget_tokens"):  # a search's budget, as it ran
+    for key in ("budget", "budget_tokens", "generations"):  # a search's budget, as it ran
         if key in result.summary:
             metrics[key] = result.summary[key]
+    if result.summary.get("history"):  # an evolutionary search's path (validation fitness per generation)
+        metrics["search_curve"] = [{k: v for k, v in h.items() if k != "levels"} for h in result.summary["history"]]
     return metrics
 
 
