@@ -360,7 +360,7 @@ def _step_record(outcome: StepOutcome, extras: dict[str, Any], timings: dict[str
         "ppl": info["ppl"], "ppl_ratio": info["ppl_ratio"], "global_sparsity": info["global_sparsity"],
         "unit_sparsity": info["unit_sparsity"], "changed_units": info.get("changed_units", []),
         "rolled_back": bool(info.get("rolled_back", False)), "rejected_ppl": info.get("rejected_ppl"),
-        "checkpoint": info.get("checkpoint"), "terminated": outcome.terminated, "truncated": outcome.truncated,
+        "rollback_waived": bool(info.get("rollback_waived", False)), "checkpoint": info.get("checkpoint"), "terminated": outcome.terminated, "truncated": outcome.truncated,
         "timings": timings, "policy": extras,
     }
     return record

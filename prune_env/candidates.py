@@ -149,7 +149,8 @@ class CandidateEvaluator:
             weights = []
             for lin in unit.linears:
                 dense = env.dense.get(lin.name).to(lin.module.weight.device)
-                weights.append(sparsify_weight(env.config.method, dense, ratio, None, env.stats.get(lin.name)).weight)
+                weights.append(sparsify_weight(env.config.method, dense, ratio, None, env.stats.get(lin.name),
+                                               name=lin.name).weight)
             size = sum(w.numel() * w.element_size() for w in weights)
             if size <= self._weight_budget:
                 self._weights[key] = weights

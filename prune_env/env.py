@@ -415,7 +415,8 @@ class PruningEnv(gym.Env):
         self.store.about_to_change(unit.name)
         for lin in unit.linears:
             dense = self.dense.get(lin.name).to(lin.module.weight.device)
-            result = sparsify_weight(self.config.method, dense, float(ratio), None, self.stats.get(lin.name))
+            result = sparsify_weight(self.config.method, dense, float(ratio), None, self.stats.get(lin.name),
+                                     name=lin.name)
             lin.set_weight_matrix(result.weight)
         self.store.mark_changed(unit.name)
         self._ratios[index] = ratio
@@ -557,5 +558,6 @@ def make_pruning_env(**kwargs: Any) -> gym.Env:
     env = PruningEnv(**kwargs)
     if env.config.rollback_threshold is not None:
         return AutoRollback(env, max_ppl_increase=env.config.rollback_threshold,
-                            penalty=env.config.rollback_penalty)
+                            penalty=env.config.rollback_penalty,
+                            keep_final_step=env.config.rollback_keep_final_step)
     return env

@@ -40,6 +40,7 @@ class PruningEnvConfig:
     ppl_weight: float = 1.0             # reward: weight of the increase in log perplexity
     rollback_threshold: float | None = None  # relative perplexity increase that triggers AutoRollback
     rollback_penalty: float = 1.0       # reward penalty of a rollback (AutoRollback)
+    rollback_keep_final_step: bool = True  # AutoRollback keeps a last allowed step that reaches the target
     batch_size: int = 8
     device: str | None = None
     dtype: str | None = None

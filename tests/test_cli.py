@@ -117,3 +117,17 @@ def test_agent_flags_become_agent_settings():
     assert (settings.max_endpoint_failures, settings.step_time_limit_s, settings.pace, settings.memory) == (3, 45.0,
                                                                                                          False, False)
     assert _agent_options(build_parser().parse_args(["compare", "--policies", "agent"])) == {}
+
+
+def test_rollback_final_step_flag_becomes_the_env_setting():
+    from policies.app.cli import build_parser
+    from policies.app.cli_episodes import _env_settings
+    from prune_env.env_config import PruningEnvConfig
+
+    for command in ("run", "compare"):
+        base = [command, "--policy" if command == "run" else "--policies", "agent"]
+        check = _env_settings(build_parser().parse_args([*base, "--rollback-final-step", "check"]))
+        assert check == {"rollback_keep_final_step": False}
+        assert PruningEnvConfig(**check).rollback_keep_final_step is False
+        assert _env_settings(build_parser().parse_args(base)) == {}  # the default: the env's (keep)
+    assert PruningEnvConfig().rollback_keep_final_step is True

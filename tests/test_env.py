@@ -245,6 +245,30 @@ def test_auto_rollback_restores_and_penalizes(tiny_llm4_dir):
     assert lenient.step(raising)[4]["rolled_back"] is False
 
 
+@pytest.mark.parametrize("keep", [True, False])
+def test_the_last_allowed_step_that_reaches_the_target_is_kept(tiny_llm4_dir, keep):
+    """keep_final_step: a last step landing on the target is kept past the threshold (the episode ends at the
+    target); without it, or on an earlier step, the same jump is rolled back."""
+    target = 0.5
+    sizes = dict(target_sparsity=target, step_size=0.25, gradient_samples=0)
+    env = AutoRollback(make_env(tiny_llm4_dir, max_steps=2, **sizes), max_ppl_increase=1e-9, keep_final_step=keep)
+    env.reset(seed=0)
+    probe = make_env(tiny_llm4_dir, **sizes)
+    probe.reset(seed=0)
+    done = probe.step(np.full(4, 2))  # all of the target in one step (the env scales it onto the target)
+    assert done[2] and done[4]["ppl"] > probe.dense_ppl, "the probe step must reach the target and raise ppl"
+    first = env.step(np.full(4, 2))  # step 1 of 2: reaches the target, but it is not the last allowed step
+    assert first[4]["rolled_back"] is True and not first[2]
+    obs, reward, terminated, truncated, info = env.step(np.full(4, 2))  # step 2 of 2: the last
+    if keep:
+        assert info["rolled_back"] is False and info["rollback_waived"] is True and terminated
+        assert info["ppl_increase"] > 1e-9 and env.unwrapped.global_sparsity_planned == pytest.approx(target)
+        assert reward == pytest.approx(done[1]) and env.rollbacks == 1
+    else:
+        assert info["rolled_back"] is True and not terminated and truncated and env.rollbacks == 2
+        assert env.unwrapped.global_sparsity_planned == 0.0
+
+
 @pytest.mark.parametrize(
     ("settings", "error", "message"),
     [

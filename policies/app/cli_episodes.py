@@ -43,6 +43,9 @@ def _add_episode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, default=40, help="episode truncation (default 40)")
     p.add_argument("--rollback-threshold", type=float, default=0.1,
                    help="roll back a step that raises perplexity by more than this fraction (default 0.1; 0 = never)")
+    p.add_argument("--rollback-final-step", choices=("keep", "check"), default=None,
+                   help="the last allowed step, when it reaches the target: keep it past the threshold so the "
+                        "episode ends at the target (default), or check it as any other step")
     p.add_argument("--seed", type=int, default=0, help="seed of calibration sampling and the env (default 0)")
     p.add_argument("--step-size", type=float, default=None, help="sparsity added per action level (default 0.05)")
     p.add_argument("--n-levels", type=int, default=None, help="action levels per unit (default 4)")
@@ -100,7 +103,10 @@ ENV_FLAGS = ("step_size", "n_levels", "granularity", "calib_samples", "reward_ev
 
 
 def _env_settings(args: argparse.Namespace) -> dict[str, Any]:
-    return {name: getattr(args, name) for name in ENV_FLAGS if getattr(args, name) is not None}
+    settings = {name: getattr(args, name) for name in ENV_FLAGS if getattr(args, name) is not None}
+    if getattr(args, "rollback_final_step", None) is not None:
+        settings["rollback_keep_final_step"] = args.rollback_final_step == "keep"
+    return settings
 
 
 def _agent_options(args: argparse.Namespace) -> dict[str, Any]:

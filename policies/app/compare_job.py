@@ -245,7 +245,8 @@ def shared_env(run_config: RunConfig, envs: dict[str, Any], *, progress: bool, l
     raw = envs[cfg.method]
     if cfg.rollback_threshold is None:
         return raw
-    return AutoRollback(raw, max_ppl_increase=cfg.rollback_threshold, penalty=cfg.rollback_penalty)
+    return AutoRollback(raw, max_ppl_increase=cfg.rollback_threshold, penalty=cfg.rollback_penalty,
+                        keep_final_step=cfg.rollback_keep_final_step)
 
 
 def _run_local(config: CompareConfig, out: Path, results: dict[str, Any], *, progress: bool,
