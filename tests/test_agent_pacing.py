@@ -20,7 +20,7 @@ from policies.agent.ranking import unit_order
 from policies.runner import run_episode
 from prune_env.wrappers import AutoRollback
 
-EPS = 1e-9
+EPS = 1e-6  # pacing's tolerance (the observation is float32)
 
 
 def state(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
@@ -65,6 +65,25 @@ def test_the_reserve_absorbs_rollbacks_and_the_last_step_can_always_finish():
     assert (past.reserve_left, past.required) == (0, pytest.approx(0.4 / 30))
     last = pace_plan(0.05, 1, rollbacks=0, reserve=4, largest_kept=0.01)  # no spare step at the end
     assert (last.reserve_left, last.required, last.bound) == (0, 0.05, 0.05)
+
+
+def test_the_last_step_fills_the_target_from_a_float32_observation():
+    """The observation is float32: ``target - global_sparsity`` is 0.09999999404 where the planned gain of 60
+    levels is 0.09999999963. Pacing must still add all 60 (a measured episode stopped at 59 and ended below
+    its target), so the env's planned sparsity (float64) reaches the target."""
+    planned = np.array([0.05, 0.6, 0.75, 0.45, 0.5, 0.05, 0.05, 0.8, 0.7, 0.6, 0.55, 0.7, 0.1, 0.1, 0.4, 0.5, 0.65,
+                        0.4, 0.1, 0.45, 0.05, 0.2, 0.6, 0.4, 0.45, 0.35, 0.65, 0.45, 0.3, 0.05])  # mean 0.4
+    obs = {"sparsity": planned.astype(np.float32), "wanda_z": np.zeros(30, np.float32),
+           "grad_z": np.zeros(30, np.float32), "target": np.array([0.5], np.float32)}
+    numel = np.full(30, 3_538_944)
+    remaining = 0.5 - float(np.float32(planned.mean()))
+    pace = pace_plan(remaining, 1, rollbacks=11, reserve=4, largest_kept=0.02, rejected=0.0483)
+    own = np.zeros(30, dtype=np.int64)
+    own[11] = 1
+    paced, added = pace_action(own, obs, numel, step_size=0.05, n_levels=4, cap=0.95, pace=pace)
+    assert (int(paced.sum()), added) == (60, 59)
+    after = planned + planned_increments(planned, numel, paced, step_size=0.05, cap=0.95, target=0.5)
+    assert after.mean() >= 0.5 - 1e-9  # the env's termination test
 
 
 def test_the_pace_is_even_to_the_end():
