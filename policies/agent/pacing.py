@@ -52,11 +52,6 @@ class Pace:
     bound: float         # pacing adds at most this in one step
     limit: float | None = None  # after a rollback: pacing keeps the step's gain under this
 
-    @property
-    def even(self) -> float:
-        """``remaining / steps_left``: the pace that arrives using every step left."""
-        return self.remaining / self.steps_left if self.steps_left > 0 else self.remaining
-
 
 def pace_plan(remaining: float, steps_left: int, *, rollbacks: int, reserve: int, largest_kept: float,
               rejected: float | None = None) -> Pace:

@@ -152,9 +152,7 @@ class EvoSearchPolicy:
                              f"windows, the env has {n_windows}: raise reward_eval_samples or pass "
                              f"windows=... (e.g. evo-search:windows=1/{n_windows})")
         numel = np.asarray(view.unit_numel, dtype=np.float64)
-        start = self._start_allocation(view)
-        delta = level_delta(view.unit_numel, view.target_sparsity, self.levels, self.spread)
-        steps = level_steps(view.unit_numel, delta)
+        start, delta, steps = self._level_grid(view)
         lo, hi = level_bounds(start, steps, self.levels, view.max_unit_sparsity)
         rng = np.random.default_rng(self.seed)
 
@@ -222,6 +220,13 @@ class EvoSearchPolicy:
                 "search": {k: v for k, v in self._summary.items() if k != "history"}}
 
     # ------------------------------------------------------------------ internals
+    def _level_grid(self, view: EnvView) -> tuple[np.ndarray, float, np.ndarray]:
+        """``(start, delta, steps)``: the start allocation, weights per level and each unit's sparsity per level
+        (the search and the rebuilding of its path share them)."""
+        start = self._start_allocation(view)
+        delta = level_delta(view.unit_numel, view.target_sparsity, self.levels, self.spread)
+        return start, delta, level_steps(view.unit_numel, delta)
+
     def _start_allocation(self, view: EnvView) -> np.ndarray:
         if self.start == "uniform":
             return np.full(view.n_units, float(view.target_sparsity))
@@ -276,7 +281,6 @@ class EvoSearchPolicy:
 
     def allocation_at(self, view: EnvView, levels: Sequence[int]) -> dict[str, float]:
         """The unit sparsities of recorded ``levels`` (a history entry's), for rebuilding the search's path."""
-        start = self._start_allocation(view)
-        delta = level_delta(view.unit_numel, view.target_sparsity, self.levels, self.spread)
-        ratios = sparsities(start, level_steps(view.unit_numel, delta), np.asarray(levels))
+        start, _, steps = self._level_grid(view)
+        ratios = sparsities(start, steps, np.asarray(levels))
         return dict(zip(view.unit_names, (float(r) for r in ratios)))
