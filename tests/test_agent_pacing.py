@@ -196,3 +196,20 @@ def test_scaffold_order_is_by_measured_cost_then_importance_with_rolled_back_uni
     paced, added = pace_action(np.zeros(5, dtype=np.int64), obs, np.full(5, 100), step_size=0.1, n_levels=3,
                                cap=0.95, pace=pace, cost=cost)
     assert (added, paced.tolist()) == (1, [0, 1, 0, 0, 0])
+
+
+def test_the_band_ranks_units_far_above_the_global_sparsity_after_the_others():
+    # unit 1 is the cheapest but already 0.3 above the global 0.3; with a band of 0.15 it goes after the units
+    # within the band (cheapest first among them), still before a rolled-back unit
+    obs = {"sparsity": np.array([0.2, 0.6, 0.3, 0.1]), "global_sparsity": np.array([0.3], dtype=np.float32),
+           "wanda_z": np.zeros(4), "grad_z": np.zeros(4), "target": np.array([0.5])}
+    cost = [0.04, 0.01, 0.03, 0.02]
+    assert unit_order(obs, cost=cost) == [1, 3, 2, 0]
+    assert unit_order(obs, cost=cost, band=0.15) == [3, 2, 0, 1]
+    assert unit_order(obs, cost=cost, band=0.15, avoid={3}) == [2, 0, 1, 3]
+    assert unit_order(obs, cost=cost, band=0.3) == [1, 3, 2, 0]                 # 0.6 is exactly at the band's edge
+    assert fallback_action(obs, step_size=0.1, cap=0.95, cost=cost, band=0.15).tolist() == [0, 0, 0, 1]
+    pace = pace_plan(0.25, 10, rollbacks=0, reserve=0, largest_kept=0.0)       # 0.025: one unit-level (0.1 of 1/4)
+    paced, added = pace_action(np.zeros(4, dtype=np.int64), obs, np.full(4, 100), step_size=0.1, n_levels=3,
+                               cap=0.95, pace=pace, cost=cost, band=0.15)
+    assert (added, paced.tolist()) == (1, [0, 0, 0, 1])

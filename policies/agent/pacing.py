@@ -18,7 +18,7 @@ target, which would make its result incomparable with the baselines (all at the 
 
 :func:`pace_action` adds levels (``required - chosen gain``, at most ``bound``) one at a time, in passes over
 the units in :func:`policies.agent.ranking.unit_order` (the cheapest by the outcome memory's measured cost
-per level, units of a step just rolled back last, the least important ``wanda_z + grad_z`` among equals and
+per level among units within ``band`` of the global sparsity, units of a step just rolled back last, the least important ``wanda_z + grad_z`` among equals and
 before anything is measured; the fallback uses the same order), so the top-up is spread rather than piled on
 one unit, and only to units with room under the cap. The agent's own choices are kept; only the shortfall is filled. Gains are in global sparsity
 (numel-weighted, with the cap and the env's scaling onto the target). ``pace=False`` turns it off.
@@ -76,7 +76,7 @@ def planned_gain(action: np.ndarray, sparsity: np.ndarray, numel: np.ndarray, *,
 
 def pace_action(action: np.ndarray, obs: dict[str, np.ndarray], numel: np.ndarray, *, step_size: float,
                 n_levels: int, cap: float, pace: Pace, avoid: Collection[int] = (),
-                cost: Sequence[float | None] | None = None) -> tuple[np.ndarray, int]:
+                cost: Sequence[float | None] | None = None, band: float | None = None) -> tuple[np.ndarray, int]:
     """``(action topped up towards pace.required, number of levels added)``. The top-up adds at most
     ``pace.bound`` to the action's own gain (and tops up at most to ``pace.limit``); units in the order of
     :func:`unit_order` (``avoid``: units of a step just rolled back, last; ``cost``: measured cost per level)."""
@@ -95,7 +95,7 @@ def pace_action(action: np.ndarray, obs: dict[str, np.ndarray], numel: np.ndarra
     want = min(pace.required, own + pace.bound, ceiling)
     if own >= want - EPS:
         return out, 0
-    order = unit_order(obs, avoid=avoid, cost=cost)
+    order = unit_order(obs, avoid=avoid, cost=cost, band=band)
     added, current = 0, own
     while current < want - EPS:
         grew = False

@@ -177,12 +177,14 @@ class LLMAgent:
         if action is None:
             rec.fallback = True
             action = fallback_action(obs, step_size=view.step_size, cap=view.max_unit_sparsity,
-                                     avoid=self._avoid | set(self._barred), cost=unit_cost)
+                                     avoid=self._avoid | set(self._barred), cost=unit_cost,
+                                     band=self.settings.scaffold_band)
         own = np.asarray(action, dtype=np.int64).copy()
         if self.settings.pace:  # top up too-small actions so the target is reached evenly (.pacing)
             action, rec.topped_up_levels = pace_action(action, obs, np.asarray(view.unit_numel), step_size=view.step_size,
                                                        n_levels=view.n_levels, cap=view.max_unit_sparsity, pace=pace,
-                                                       avoid=self._avoid, cost=unit_cost)
+                                                       avoid=self._avoid, cost=unit_cost,
+                                                       band=self.settings.scaffold_band)
         rec.own_action = [int(a) for a in own]
         rec.action = [int(a) for a in action]
         self._pending = self._gain(obs["sparsity"], own, np.asarray(action), rec.fallback)

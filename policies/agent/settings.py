@@ -30,6 +30,7 @@ ENV_VARS: Mapping[str, tuple[str, ...]] = {
     "pace": ("PRUNE_GYM_AGENT_PACE",),
     "rollback_reserve": ("PRUNE_GYM_AGENT_ROLLBACK_RESERVE",),
     "memory": ("PRUNE_GYM_AGENT_MEMORY",),
+    "scaffold_band": ("PRUNE_GYM_AGENT_SCAFFOLD_BAND",),
     "bar_rejected": ("PRUNE_GYM_AGENT_BAR_REJECTED",),
     "context_tokens": ("PRUNE_GYM_AGENT_CONTEXT_TOKENS",),
     "max_endpoint_failures": ("PRUNE_GYM_AGENT_MAX_ENDPOINT_FAILURES",),
@@ -58,6 +59,7 @@ class AgentSettings:
     pace: bool = True                # top up too-small actions so the target stays reachable (agent/pacing.py)
     rollback_reserve: int = 4        # spare steps pacing keeps for rollbacks (each rollback spends one)
     memory: bool = True              # the outcome memory in the prompt: per-unit cost, rolled-back steps (agent/memory.py)
+    scaffold_band: float = 0.15      # pacing and the fallback rank units more than this above the global sparsity last
     bar_rejected: bool = True        # after a rollback, the model's own rejected choices are barred until a step is kept
     context_tokens: int = 4096       # the agent model's context window; the prompt stays within it minus max_tokens
     max_endpoint_failures: int = 2   # this many consecutive steps without a reply (transport errors): EndpointError
@@ -78,6 +80,7 @@ class AgentSettings:
             ("reflection_chars", self.reflection_chars >= 20, ">= 20"),
             ("max_tokens", self.max_tokens >= 32, ">= 32"),
             ("rollback_reserve", self.rollback_reserve >= 0, ">= 0 steps"),
+            ("scaffold_band", 0 <= self.scaffold_band <= 1, "in [0, 1] (global sparsity)"),
             ("context_tokens", self.context_tokens > self.max_tokens, f"> max_tokens ({self.max_tokens})"),
             ("max_endpoint_failures", self.max_endpoint_failures >= 1, ">= 1 step"),
             ("step_time_limit_s", self.step_time_limit_s > 0, "> 0 seconds"),
