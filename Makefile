@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml scripts/setup.sh
 # The comparison demo: the LLM agent (local llama.cpp server, SmolLM2-135M-Instruct) against uniform Wanda, OWL,
 # greedy-sensitivity and random-search on the agent's budget (its validation tokens) at 50% on SmolLM2-135M; every
 # final model finalized with sequential calibration, scored on test windows and the out-of-domain text; report in
-# runs/demo/report.md. Measured 44.6 min on 2 shared CPU cores, most of it the agent's LLM (see README).
+# runs/demo/report.md. Measured 25.1 min on 2 quiet CPU cores, 9.3 min of it the agent's episode (see README).
 DEMO_SIZES := --seqlen 128 --calib-samples 16 --reward-eval-samples 4 --final-eval-samples 16 \
 	--step-size 0.05 --n-levels 7 --max-steps 16 --rollback-threshold 0.25 \
 	--tasks pg_factual_mc_worldcapitals,pg_wiki_ppl --eval-limit 20
