@@ -8,7 +8,9 @@ Two modes, as in the Wanda and SparseGPT reference code:
 
 Either way only one block's activations are held at a time. All inputs are validated before the model is
 touched, and if anything fails part way (e.g. NaN statistics), every layer already changed is restored from
-a CPU copy, so a failure never leaves a half-pruned model behind.
+a CPU copy, so a failure never leaves a half-pruned model behind. The calibration forward (block inputs,
+statistics, the sequential re-runs) runs in IEEE fp32 whatever the process allows (TF32 off, as the reference
+code sets it), and the caller's precision settings are restored after.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .sparsify import (
     NM,
     SparsifyResult,
     check_ratio,
+    full_fp32_precision,
     magnitude_sparsify,
     sparsegpt_sparsify,
     wanda_sparsify,
@@ -184,12 +187,14 @@ def collect_statistics(
     Used where layers are re-pruned many times from their dense weights (the env): the statistics stay fixed.
     """
     structure = structure or discover(model)
-    inputs = capture_block_inputs(model, structure, calib_ids, batch_size)
     stats: dict[str, LayerStatistics] = {}
-    for index in tqdm(range(structure.num_blocks), desc="calibration statistics", unit="block", disable=not progress):
-        block_stats, inputs.hidden = _gather(inputs, index, structure.blocks[index],
-                                             structure.linears_in_block(index), hessian=hessian)
-        stats.update(block_stats)
+    with full_fp32_precision():
+        inputs = capture_block_inputs(model, structure, calib_ids, batch_size)
+        for index in tqdm(range(structure.num_blocks), desc="calibration statistics", unit="block",
+                          disable=not progress):
+            block_stats, inputs.hidden = _gather(inputs, index, structure.blocks[index],
+                                                 structure.linears_in_block(index), hessian=hessian)
+            stats.update(block_stats)
     return stats
 
 
@@ -210,26 +215,28 @@ def prune(
     start = time.perf_counter()
     result = PruneResult(spec)
     backups: dict[str, torch.Tensor] = {}
-    try:
-        inputs = capture_block_inputs(model, structure, calib_ids, batch_size) if spec.needs_calibration else None
-        bar = tqdm(range(structure.num_blocks), desc=f"{spec.method} ({spec.mode})", unit="block", disable=not progress)
-        for index in bar:
-            block = structure.blocks[index]
-            targets = spec.targets(structure, index)
-            stats, outputs = (_gather(inputs, index, block, targets, hessian=spec.method == "sparsegpt")
-                              if inputs is not None else ({}, None))
-            for lin in targets:
-                pruned = _sparsify(spec, lin, stats.get(lin.name))
-                backups[lin.name] = lin.weight_matrix().detach().to("cpu", copy=True)
-                lin.set_weight_matrix(pruned.weight)
-                result.layer_sparsity[lin.name] = pruned.sparsity
-            if inputs is not None:
-                if spec.mode == "sequential" and targets:
-                    outputs = inputs.run_block(index, block)
-                inputs.hidden = outputs
-    except BaseException:
-        for name, weight in backups.items():
-            structure.linear(name).set_weight_matrix(weight)
-        raise
+    with full_fp32_precision():
+        try:
+            inputs = capture_block_inputs(model, structure, calib_ids, batch_size) if spec.needs_calibration else None
+            bar = tqdm(range(structure.num_blocks), desc=f"{spec.method} ({spec.mode})", unit="block",
+                       disable=not progress)
+            for index in bar:
+                block = structure.blocks[index]
+                targets = spec.targets(structure, index)
+                stats, outputs = (_gather(inputs, index, block, targets, hessian=spec.method == "sparsegpt")
+                                  if inputs is not None else ({}, None))
+                for lin in targets:
+                    pruned = _sparsify(spec, lin, stats.get(lin.name))
+                    backups[lin.name] = lin.weight_matrix().detach().to("cpu", copy=True)
+                    lin.set_weight_matrix(pruned.weight)
+                    result.layer_sparsity[lin.name] = pruned.sparsity
+                if inputs is not None:
+                    if spec.mode == "sequential" and targets:
+                        outputs = inputs.run_block(index, block)
+                    inputs.hidden = outputs
+        except BaseException:
+            for name, weight in backups.items():
+                structure.linear(name).set_weight_matrix(weight)
+            raise
     result.seconds = time.perf_counter() - start
     return result

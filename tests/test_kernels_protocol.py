@@ -9,12 +9,14 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from tiny_models import correlated_layer
+from tiny_models import correlated_layer, random_tokens, tiny_model
 
+from prune_env.pruner import collect_statistics, make_spec, prune
 from prune_env.sparsify import NM, full_fp32_precision, magnitude_sparsify, sparsegpt_sparsify, wanda_sparsify
 from prune_env.sparsify.precision import _precision_leaves, fp32_precision_settings, is_full_fp32
 from prune_env.sparsify.sparsegpt import inverse_hessian_factor
 from prune_env.statistics import LayerStatistics
+from prune_env.structure import discover
 
 
 def _layer(rows: int, cols: int, tokens: int = 1024, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,6 +201,34 @@ def test_sparsegpt_runs_in_full_fp32_and_restores(nm, one_thread):
         with pytest.raises(RuntimeError, match="injected failure"):
             sparsegpt_sparsify(weight, hessian.as_subclass(_recording_tensor_type([], fail_on="matmul")), 0.5, nm)
         assert fp32_precision_settings() == before
+
+
+@pytest.mark.parametrize("mode", ["sequential", "oneshot"])
+def test_the_calibration_forward_runs_in_full_fp32_and_restores(mode, one_thread):
+    """Every linear's forward during calibration (block inputs, statistics, sequential re-runs) sees TF32 off,
+    as in the reference code, although the caller allowed it; the caller's settings come back after."""
+    model = tiny_model("llama")
+    structure = discover(model)
+    ids = random_tokens(4, 16)
+    phase = ["calibration"]
+    seen: dict[str, list[bool]] = {"calibration": [], "after": []}
+    handles = [module.register_forward_hook(lambda *_: seen[phase[0]].append(is_full_fp32()))
+               for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    try:
+        with _reduced_precision_allowed():
+            before = fp32_precision_settings()
+            collect_statistics(model, ids, hessian=True, structure=structure, progress=False)
+            assert fp32_precision_settings() == before
+            prune(model, make_spec(structure, "sparsegpt", 0.5, mode=mode), ids, structure=structure,
+                  progress=False)
+            assert fp32_precision_settings() == before
+            phase[0] = "after"
+            model(input_ids=ids[:1])  # outside calibration the caller's settings hold
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(seen["calibration"]) >= 2 * structure.num_blocks and all(seen["calibration"])
+    assert seen["after"] and not any(seen["after"])
 
 
 # --- raised damping is reported ------------------------------------------------------------------------------
