@@ -55,8 +55,9 @@ from .evo_levels import (
 )
 
 # Validation tokens when no budget is given: at the default sizes (8 validation windows of 256 tokens, 12,288
-# tokens a generation) 24 generations, ~30 s each on 2 CPU cores, sized so that `compare --tasks none` of
-# evo-search with the baselines stays within 30 minutes there (docs/BENCHMARKS.md, "Policies at 50%").
+# tokens a generation) 24 generations. Measured on 2 CPU cores (docs/BENCHMARKS.md, "Policies at 50%"): 1,351 s
+# at 50% from uniform (~56 s a generation), 775 s at 70% from DLP's plan; `compare --tasks none` of evo-search
+# with the four formula baselines took 37.7 min at 50%, over issue 13's 30-minute sizing (open there).
 DEFAULT_BUDGET_TOKENS = 300_000
 
 
