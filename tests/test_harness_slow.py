@@ -23,14 +23,14 @@ from prune_env.models import DEFAULT_MODEL, load_model
 from prune_env.pruner import make_spec, prune
 from prune_env.structure import discover
 
-pytestmark = pytest.mark.slow
-
 CAPITALS_MC = "pg_factual_mc_worldcapitals"
 CAPITALS_QA = "pg_factual_qa_worldcapitals"
 LIMIT = 20  # of 189 capitals questions (MC: 3-shot, four choices each; QA: 3-shot)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# Two markers in one list: a second `pytestmark = ...` would silently replace the first (it did: the module ran
+# in `make test-fast`).
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
