@@ -107,8 +107,8 @@ def render(results: dict[str, dict[str, Any]]) -> str:
             f"{'on' if r.get('bar_rejected', True) else 'off'} | {sizes} | {r['sparsity']:.4f} | "
             f"{'yes' if r['target_reached'] else 'no'} | {r['rollbacks']} | {r['steps']} | {share(r['own_share'])} | "
             f"{share(r['topped_up_share'])} | {share(r['fallback_share'])} | {r['validation_ppl']:.2f} | "
-            f"{r['ppl']:.2f} | {r['ood_ppl']:.2f} | {r['dense_ppl']:.2f} / {r['dense_ood_ppl']:.2f} | {r['requests']} | {r['tokens']:,} | {r['llm_wait_s']:.0f} | "
-            f"{r['wall_seconds']:.0f} |")
+            f"{r['ppl']:.2f} | {r['ood_ppl']:.2f} | {r['dense_ppl']:.2f} / {r['dense_ood_ppl']:.2f} | "
+            f"{r['requests']} | {r['tokens']:,} | {r['llm_wait_s']:.0f} | {r['wall_seconds']:.0f} |")
     lines += ["", "Dense: the dense model's test and out-of-domain perplexity at the row's sizes. "
               f"Target reached: measured sparsity within {TARGET_TOLERANCE} of the target. Goals (issue 14): the "
               "target reached with at most 4 rollbacks in at most 40 steps, own share >= 0.5."]
