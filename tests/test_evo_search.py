@@ -85,6 +85,18 @@ def test_sequence_kl_is_zero_for_the_reference_and_matches_torch():
     assert torch.allclose(sequence_kl(logits, ref), direct.double(), atol=1e-5)
 
 
+
+def test_sequence_kl_is_bitwise_the_plain_formula_with_or_without_the_reference_probs():
+    """The in-place form (and the cached probabilities) change the speed, not one bit of the value: the
+    search's decisions, and so its published results, are the same as with the plain formula."""
+    torch.manual_seed(1)
+    logits = torch.randn(2, 7, 301) * 3
+    ref = (torch.randn(4, 9, 301) * 3).log_softmax(-1)[:2, 1:8]  # a non-contiguous slice, as a stage reads it
+    plain = (ref.exp() * (ref - logits.log_softmax(-1))).sum(-1).double().sum(1)
+    assert torch.equal(sequence_kl(logits, ref), plain)
+    assert torch.equal(sequence_kl(logits, ref, ref.exp()), plain)
+
+
 # ------------------------------------------------------------------------------------------- the evaluator
 
 
@@ -138,6 +150,21 @@ def test_reference_recomputed_from_hidden_states_equals_the_stored_log_probs(env
     assert recomputed.reference_form == "hidden" and stored.reference_form == "logprobs"
     ratios = np.array([0.5, 0.4, 0.6, 0.5])
     assert recomputed.fitness(ratios) == pytest.approx(stored.fitness(ratios), rel=1e-6)
+
+
+def test_the_cached_reference_probs_change_no_bit_of_the_fitness(env):
+    env.reset()
+    with_probs = CandidateEvaluator(env, fitness="kl", stage_windows=(1,))
+    reference = with_probs._reference
+    logprob_bytes = reference.nbytes // 2  # log-probs and probs, as many bytes each
+    without = CandidateEvaluator(env, fitness="kl", stage_windows=(1,))
+    without._reference = type(reference)(  # the log-probs fit the budget, the probs as well do not
+        env.model, env.structure.blocks, env.tokens.validation, without._caches[3].final_hidden(),
+        without._caches[3].template, batch_size=env.config.batch_size, budget_bytes=logprob_bytes)
+    assert without._reference._probs is None and reference._probs is not None
+    assert without._reference.nbytes == logprob_bytes
+    for ratios, windows in (([0.5, 0.4, 0.6, 0.5], 3), ([0.3, 0.7, 0.5, 0.5], 1)):
+        assert with_probs.fitness(np.array(ratios), windows) == without.fitness(np.array(ratios), windows)
 
 
 def test_ppl_fitness_after_commits_equals_the_envs_own_measurement(env):

@@ -37,8 +37,8 @@ def rounding_bound(env: PruningEnv) -> float:
 
 
 def options(name: str) -> dict:
-    """Small search budgets: the defaults are sized for the default preset (evo-search's 300k validation tokens
-    would be ~300 generations on this 64-token validation set)."""
+    """Small search budgets: the defaults are sized for the default preset (evo-search's 140k validation tokens
+    would be ~140 generations on this 64-token validation set)."""
     return {"random-search": {"budget": 8}, "evo-search": {"budget_tokens": 3_000}}.get(name, {})
 
 

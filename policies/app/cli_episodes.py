@@ -93,7 +93,7 @@ def _add_episode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=int, default=None, metavar="TOKENS",
                    help="validation tokens a search (random-search, evo-search) may evaluate; in compare the agent's own "
                         "count wins when the agent runs, and a name's own option (evo-search:budget_tokens=N) wins "
-                        "over both (default: each search's own: 20 evaluations, 300,000 tokens)")
+                        "over both (default: each search's own: 20 evaluations, 140,000 tokens)")
     p.add_argument("--json", action="store_true", help="print one JSON object with the results on stdout")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 

@@ -54,11 +54,12 @@ from .evo_levels import (
     survivors,
 )
 
-# Validation tokens when no budget is given: at the default sizes (8 validation windows of 256 tokens, 12,288
-# tokens a generation) 24 generations. Measured on 2 CPU cores (docs/BENCHMARKS.md, "Policies at 50%"): 1,351 s
-# at 50% from uniform (~56 s a generation), 775 s at 70% from DLP's plan; `compare --tasks none` of evo-search
-# with the four formula baselines took 37.7 min at 50%, over issue 13's 30-minute sizing (open there).
-DEFAULT_BUDGET_TOKENS = 300_000
+# Validation tokens when no budget is given, sized so that `prune-gym compare --policies uniform-wanda,owl-wanda,
+# dlp-wanda,alphapruning-wanda,evo-search --target 0.5 --tasks none` at the default sizes finishes within 30
+# minutes on 2 CPU cores (issue 13; docs/BENCHMARKS.md, "The default budget"): 8 validation windows of 256
+# tokens, 10,240-12,288 tokens a generation (~35-60 s each there), so 11 generations. 300,000 (25 generations)
+# took that compare to 37.7 min; the benchmark tables name their larger budgets (budget_tokens=300000).
+DEFAULT_BUDGET_TOKENS = 140_000
 
 
 def _stage_list(value: Sequence[int] | str | int, what: str) -> tuple[int, ...]:
