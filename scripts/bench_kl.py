@@ -71,8 +71,8 @@ def measure(args: argparse.Namespace) -> list[dict[str, float]]:
     vocab, hidden = head.shape
     gen = torch.Generator().manual_seed(0)
     rows = []
+    t = args.seqlen - 1  # predicted positions of a window
     for batch in args.batch:
-        t = args.seqlen - 1
         h_model = torch.randn(batch, t, hidden, generator=gen)
         h_ref = torch.randn(batch, t, hidden, generator=gen)
         logits = F.linear(h_model, head)
@@ -89,7 +89,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, float]]:
     return rows
 
 
-def render(rows: list[dict[str, float]], args: argparse.Namespace, seconds: float) -> str:
+def render(rows: list[dict[str, float]], args: argparse.Namespace, argv: list[str], seconds: float) -> str:
     lines = [f"Windows of {args.seqlen} tokens, {args.model} (vocabulary {rows[0]['vocab']:,}); median of "
              f"{args.repeats} calls each, after a warm-up; ratio = plain / in place, same run.", "",
              "| windows per call | LM head (ms) | KL plain (ms) | KL in place (ms) | plain / in place | bitwise equal |",
@@ -97,16 +97,17 @@ def render(rows: list[dict[str, float]], args: argparse.Namespace, seconds: floa
     for r in rows:
         lines.append(f"| {r['batch']} | {r['head_ms']:.1f} | {r['plain_ms']:.1f} | {r['inplace_ms']:.1f} | "
                      f"{r['ratio']:.2f} | {'yes' if r['bitwise'] else 'NO'} |")
-    command = "python scripts/bench_kl.py" + "".join(f" {a}" for a in sys.argv[1:])
+    command = "python scripts/bench_kl.py" + "".join(f" {a}" for a in argv)
     lines += ["", f"Command: `{command}`; {seconds:.0f} s; machine: {machine_description()}."]
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     start = time.perf_counter()
     rows = measure(args)
-    body = render(rows, args, time.perf_counter() - start)
+    body = render(rows, args, argv, time.perf_counter() - start)
     print(body)
     if not args.no_write:
         write_section(Path(args.out), "bench_kl", "evo-search's KL fitness (`scripts/bench_kl.py`)", body)

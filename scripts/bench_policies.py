@@ -9,9 +9,10 @@ the env's default sizes (windows of 256 tokens: 32 calibration, 8 validation, 32
 text), Wanda as the inner pruner, every final model finalized with sequential calibration and scored on the
 test windows and the ood text. Searches run on their default budgets (``--budget N`` gives both N validation
 tokens), except evo-search, which the default list runs at 300,000 validation tokens (its headroom setting;
-its default budget is sized for a 30-minute ``compare``). The table gives each policy's test perplexity, its degradation ``ppl / dense - 1`` as a multiple of
-uniform Wanda's, the same on the ood text, validation work and wall time, and checks the goals of issue 13
-(best degradation at most 0.75x uniform Wanda's at 50%, 0.25x at 70%).
+its default budget is sized for a 30-minute ``compare``). The table gives each policy's test perplexity, its
+degradation ``ppl / dense - 1`` as a multiple of uniform Wanda's, the same on the ood text, validation work
+and wall time, and checks the goals of issue 13 (best degradation at most 0.75x uniform Wanda's at 50%, 0.25x
+at 70%).
 
 For ``evo-search`` the search's path is rebuilt afterwards from its recorded generations: each recorded parent
 allocation is applied to the env again and scored on the test windows (one-shot, as the search saw it; the

@@ -47,11 +47,11 @@ def test_bench_policies_compares_and_rebuilds_the_evo_search_path(tiny_llm4_dir,
     assert (tmp_path / "bench_evo_50.png").is_file() and (tmp_path / "runs" / "evo_curve.json").is_file()
 
 
-
 def test_bench_kl_times_both_forms_and_finds_them_bitwise_equal(tiny_llm4_dir):
     out = _run("bench_kl.py", "--model", str(tiny_llm4_dir), "--seqlen", "16", "--batch", "1", "2", "--repeats", "2")
     assert "| 1 |" in out and "| 2 |" in out
     assert out.count("| yes |") == 2 and "| NO |" not in out
+
 
 @pytest.mark.slow
 def test_bench_agent_runs_the_real_local_agent_and_writes_its_table(tiny_llm4_dir, tmp_path):

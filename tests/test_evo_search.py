@@ -85,7 +85,6 @@ def test_sequence_kl_is_zero_for_the_reference_and_matches_torch():
     assert torch.allclose(sequence_kl(logits, ref), direct.double(), atol=1e-5)
 
 
-
 def test_sequence_kl_is_bitwise_the_plain_formula_with_or_without_the_reference_probs():
     """The in-place form (and the cached probabilities) change the speed, not one bit of the value: the
     search's decisions, and so its published results, are the same as with the plain formula."""

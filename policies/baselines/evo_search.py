@@ -56,7 +56,7 @@ from .evo_levels import (
 
 # Validation tokens when no budget is given, sized so that `prune-gym compare --policies uniform-wanda,owl-wanda,
 # dlp-wanda,alphapruning-wanda,evo-search --target 0.5 --tasks none` at the default sizes finishes within 30
-# minutes on 2 CPU cores (issue 13; docs/BENCHMARKS.md, "The default budget"): 8 validation windows of 256
+# minutes on 2 CPU cores (issue 13; docs/BENCHMARKS.md, "evo-search's default budget"): 8 validation windows of 256
 # tokens, 10,240-12,288 tokens a generation (~35-60 s each there), so 11 generations. 300,000 (25 generations)
 # took that compare to 37.7 min; the benchmark tables name their larger budgets (budget_tokens=300000).
 DEFAULT_BUDGET_TOKENS = 140_000
